@@ -1,0 +1,33 @@
+# Fresh-machine entry points: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.medseg-installed
+
+.PHONY: install demo test lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first: the pinned CPU wheel here; on other machines set TORCH_SPEC to your platform's build.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,export]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/medseg demo
+
+test: install
+	$(PY) -m pytest -q -x --timeout=1800 $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check medseg tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The ``medseg`` command line: one module per subcommand."""

@@ -1,0 +1,22 @@
+"""Training and evaluation on pytorch-ignite through MONAI's engines.
+
+Bundles build MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator`` from their
+configs; this package adds the handlers MONAI lacks (atomic checkpoints, resume,
+CSV log, training-curve plot, progress bar) and runs bundles for the CLI.
+"""
+
+from medseg.engine.handlers import (
+    AtomicCheckpointSaver,
+    CSVLogger,
+    ProgressBar,
+    ResumeFromLatest,
+    TrainingCurvePlot,
+)
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CSVLogger",
+    "ProgressBar",
+    "ResumeFromLatest",
+    "TrainingCurvePlot",
+]

@@ -1,0 +1,281 @@
+"""Ignite handlers that bundles attach to MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator``."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CSVLogger",
+    "ProgressBar",
+    "ResumeFromLatest",
+    "TrainingCurvePlot",
+    "atomic_torch_save",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    A kill mid-write leaves the previous file intact (rename is atomic on POSIX).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp gives 0600; checkpoints are shared files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _AtomicSaveHandler(BaseSaveHandler):
+    """Wraps MONAI's disk saver: same file names, atomic writes, no delete-before-write gap."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.dirname = Path(wrapped.dirname)
+        self.fixed_filename: str | None = getattr(wrapped, "filename", None)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        atomic_torch_save(checkpoint, self.dirname / (self.fixed_filename or filename))
+
+    def remove(self, filename: str) -> None:
+        # With a fixed name (model.pt) the next save replaces the file atomically; deleting it
+        # first, as ignite does before saving a new best, would leave a window with no model.
+        if self.fixed_filename is not None:
+            return
+        path = self.dirname / filename
+        if path.exists():
+            path.unlink()
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's :class:`~monai.handlers.CheckpointSaver` whose files are written atomically.
+
+    Same arguments as ``CheckpointSaver``. MONAI writes checkpoints in place (``atomic=False``),
+    so a kill during ``torch.save`` can leave a truncated ``model.pt``; here every file is
+    written to a temporary name and renamed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicSaveHandler(checkpoint.save_handler)
+
+
+_EPOCH_CKPT = re.compile(r"epoch=(\d+)\.pt$")
+
+
+class ResumeFromLatest:
+    """Resume training from the newest ``*checkpoint_epoch=N.pt`` in ``ckpt_dir``, if any.
+
+    Args:
+        ckpt_dir: folder where an :class:`AtomicCheckpointSaver` with ``save_interval`` writes.
+        load_dict: objects to restore, e.g. ``{"model": net, "optimizer": opt, "trainer": trainer}``.
+        enabled: switch, so configs can expose ``resume: false``.
+        map_location: where to load tensors.
+    """
+
+    def __init__(
+        self, ckpt_dir: str, load_dict: dict, enabled: bool = True, map_location: Any = None
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.load_dict = load_dict
+        self.enabled = enabled
+        self.map_location = map_location
+
+    def latest(self) -> Path | None:
+        if not self.ckpt_dir.is_dir():
+            return None
+        found = [(int(m.group(1)), p) for p in self.ckpt_dir.glob("*.pt") if (m := _EPOCH_CKPT.search(p.name))]
+        return max(found)[1] if found else None
+
+    def attach(self, engine: Engine) -> None:
+        path = self.latest() if self.enabled else None
+        if path is None:
+            return
+        logger.info("resuming from %s", path)
+        CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location).attach(
+            engine
+        )
+
+
+class CSVLogger:
+    """Append one row per epoch to a CSV file: epoch, mean loss, learning rate and validation metrics.
+
+    Attach to the trainer. Args:
+        filename: CSV path (its folder is created).
+        optimizer: optimizer whose first group's learning rate is logged.
+        evaluator: engine whose ``state.metrics`` are logged after each validation run.
+        loss_key: key of the loss in ``engine.state.output`` items (MONAI trainers output a list of dicts).
+    """
+
+    def __init__(
+        self,
+        filename: str,
+        optimizer: torch.optim.Optimizer | None = None,
+        evaluator: Engine | None = None,
+        loss_key: str = "loss",
+    ) -> None:
+        self.filename = Path(filename)
+        self.optimizer = optimizer
+        self.evaluator = evaluator
+        self.loss_key = loss_key
+        self._losses: list[float] = []
+        self._metrics: dict[str, float] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self._collect_metrics)
+        # Run after the validation handler (registered earlier on EPOCH_COMPLETED) has finished.
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._losses = []
+        self._metrics = {}
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        for item in items:
+            if isinstance(item, Mapping) and self.loss_key in item:
+                self._losses.append(float(item[self.loss_key]))
+                break
+
+    def _collect_metrics(self, evaluator: Engine) -> None:
+        self._metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if _is_number(v)}
+
+    def _write(self, engine: Engine) -> None:
+        row: dict[str, Any] = {
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+            "loss": sum(self._losses) / len(self._losses) if self._losses else float("nan"),
+        }
+        if self.optimizer is not None:
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row.update(self._metrics)
+        self.rows.append(row)
+        self.filename.parent.mkdir(parents=True, exist_ok=True)
+        # Rewrite the whole file: a metric column can appear after the first epochs.
+        existing = self._read_rows()
+        fields = _union_keys(existing + [row])
+        with open(self.filename, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(existing + [row])
+
+    def _read_rows(self) -> list[dict[str, Any]]:
+        if not self.filename.is_file():
+            return []
+        with open(self.filename, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _union_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for row in rows:
+        keys.extend(k for k in row if k not in keys)
+    return keys
+
+
+class TrainingCurvePlot:
+    """Write a PNG of the training curve (loss and validation metrics per epoch) when training ends.
+
+    Reads the CSV that :class:`CSVLogger` writes, so a resumed run plots its whole history.
+    """
+
+    def __init__(self, csv_file: str, filename: str, title: str = "training curve") -> None:
+        self.csv_file = Path(csv_file)
+        self.filename = Path(filename)
+        self.title = title
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        if not self.csv_file.is_file():
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        with open(self.csv_file, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows:
+            return
+        epochs = [int(r["epoch"]) for r in rows]
+        fig, loss_ax = plt.subplots(figsize=(7, 4), dpi=100)
+        loss_ax.plot(epochs, [float(r["loss"]) for r in rows], color="tab:blue", label="train loss")
+        loss_ax.set_xlabel("epoch")
+        loss_ax.set_ylabel("loss", color="tab:blue")
+        metric_keys = [k for k in rows[0] if k not in {"epoch", "iteration", "loss", "lr"}]
+        if metric_keys:
+            metric_ax = loss_ax.twinx()
+            for key in metric_keys:
+                points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r.get(key) not in (None, "")]
+                if points:
+                    metric_ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+            metric_ax.set_ylabel("validation metric")
+            metric_ax.set_ylim(0, 1)
+            metric_ax.legend(loc="lower right", fontsize=8)
+        loss_ax.set_title(self.title)
+        fig.tight_layout()
+        self.filename.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.filename)
+        plt.close(fig)
+
+
+class ProgressBar:
+    """ignite's tqdm progress bar showing the running loss; silent when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool = True, output_transform: Callable | None = None) -> None:
+        self.enabled = enabled
+        self.output_transform = output_transform or _first_loss
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        from ignite.handlers import ProgressBar as IgniteProgressBar
+
+        IgniteProgressBar(persist=False).attach(engine, output_transform=self.output_transform)
+
+
+def _first_loss(output: Any) -> dict[str, float]:
+    item = output[0] if isinstance(output, list) and output else output
+    if isinstance(item, Mapping) and "loss" in item:
+        return {"loss": float(item["loss"])}
+    return {}
