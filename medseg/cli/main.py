@@ -19,6 +19,9 @@ from medseg.errors import MedsegError
 SUBCOMMAND_MODULES = [
     "medseg.cli.series",
     "medseg.cli.convert",
+    "medseg.cli.train",
+    "medseg.cli.evaluate",
+    "medseg.cli.bundle",
 ]
 
 

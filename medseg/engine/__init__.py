@@ -7,6 +7,7 @@ CSV log, training-curve plot, progress bar) and runs bundles for the CLI.
 
 from medseg.engine.handlers import (
     AtomicCheckpointSaver,
+    CaseLog,
     CSVLogger,
     ProgressBar,
     ResumeFromLatest,
@@ -15,6 +16,7 @@ from medseg.engine.handlers import (
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CaseLog",
     "CSVLogger",
     "ProgressBar",
     "ResumeFromLatest",

@@ -19,6 +19,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CaseLog",
     "CSVLogger",
     "ProgressBar",
     "ResumeFromLatest",
@@ -58,6 +59,8 @@ class _AtomicSaveHandler(BaseSaveHandler):
         self.fixed_filename: str | None = getattr(wrapped, "filename", None)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return  # one writer per checkpoint under DDP, as ignite's DiskSaver does
         atomic_torch_save(checkpoint, self.dirname / (self.fixed_filename or filename))
 
     def remove(self, filename: str) -> None:
@@ -279,3 +282,39 @@ def _first_loss(output: Any) -> dict[str, float]:
     if isinstance(item, Mapping) and "loss" in item:
         return {"loss": float(item["loss"])}
     return {}
+
+
+class CaseLog:
+    """Record which cases an engine saw, one file per process: ``<prefix>rank<R>.txt``.
+
+    With DDP each rank must train on its own share of the data; this log makes it checkable.
+    Each line is ``epoch<TAB>case file``.
+    """
+
+    def __init__(self, prefix: str, key: str = "image") -> None:
+        self.prefix = prefix
+        self.key = key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        path = Path(f"{self.prefix}rank{rank}.txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            for name in _batch_filenames(engine.state.batch, self.key):
+                handle.write(f"{engine.state.epoch}\t{name}\n")
+
+
+def _batch_filenames(batch: Any, key: str) -> list[str]:
+    items = batch if isinstance(batch, list) else [batch]
+    names: list[str] = []
+    for item in items:
+        value = item.get(key) if isinstance(item, Mapping) else None
+        meta = getattr(value, "meta", {}) or {}
+        found = meta.get("filename_or_obj")
+        if found is None:
+            continue
+        names.extend([str(f) for f in found] if isinstance(found, (list, tuple)) else [str(found)])
+    return names

@@ -1,0 +1,121 @@
+"""Train and evaluate a bundle on the fixed 5-fold split through its own configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from medseg.bundle.core import Bundle, run_workflow
+from medseg.errors import BundleError, InputError
+
+__all__ = ["train_bundle", "evaluate_bundle"]
+
+
+def _data_overrides(data_dir: str | os.PathLike | None, fold: int | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        path = Path(data_dir).resolve()
+        if not (path / "dataset.json").is_file():
+            raise InputError(f"{path} has no dataset.json: give the MSD task folder (e.g. msd-task04-hippocampus)")
+        overrides["dataset_dir"] = str(path)
+    if fold is not None:
+        if not 0 <= fold < 5:
+            raise InputError(f"fold {fold} does not exist: choose 0..4")
+        overrides["val_fold"] = fold
+    return overrides
+
+
+def train_bundle(
+    bundle: Bundle,
+    data_dir: str | os.PathLike | None = None,
+    fold: int | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, float]:
+    """Run the bundle's ``train.json``; returns the best validation metrics.
+
+    Args:
+        bundle: the bundle to train.
+        data_dir: MSD task folder (default: the bundle's ``dataset_dir``).
+        fold: validation fold (the others train); default the bundle's (0).
+        epochs: maximum epochs (default the bundle's).
+        resume: continue from the last epoch checkpoint in ``output_dir/checkpoints``.
+        output_dir: where logs, checkpoints and the best ``model.pt`` go; default the bundle's
+            ``runs/train`` and ``models/`` (which replaces the shipped weights).
+        progress: show a progress bar.
+    """
+    overrides.update(_data_overrides(data_dir, fold))
+    if epochs is not None:
+        if epochs < 1:
+            raise InputError("--epochs must be at least 1")
+        overrides["max_epochs"] = epochs
+    if output_dir is not None:
+        out = Path(output_dir).resolve()
+        overrides["output_dir"] = str(out)
+        overrides["ckpt_dir"] = str(out / "models")
+    overrides["resume"] = resume
+    overrides["progress"] = progress
+    workflow = run_workflow(bundle, ["train.json"], workflow_type="train", **overrides)
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    return {
+        "best_metric": float(evaluator.state.best_metric),
+        "best_metric_epoch": int(evaluator.state.best_metric_epoch),
+        "epochs": int(workflow.parser.get_parsed_content("train#trainer").state.epoch),
+    }
+
+
+def evaluate_bundle(
+    bundle: Bundle,
+    data_dir: str | os.PathLike | None = None,
+    fold: int | None = None,
+    output: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Evaluate the bundle's weights on a fold with ``train.json`` + ``evaluate.json``.
+
+    Per-class Dice and HD95 (mm) are computed on each case's original grid. Writes the
+    summary to ``output`` (JSON) and per-case CSVs beside it.
+
+    Returns:
+        ``{"bundle", "version", "fold", "cases", "metrics": {name: value}}``.
+    """
+    overrides = _data_overrides(data_dir, fold)
+    if weights is not None:
+        weights = Path(weights).resolve()
+        if not weights.is_file():
+            raise BundleError(f"weights file {weights} not found")
+        overrides["ckpt_dir"] = str(weights.parent)
+        overrides["validate#handlers#0#load_path"] = str(weights)
+    elif not bundle.weights.is_file():
+        raise BundleError(f"bundle {bundle.name} has no models/model.pt: train it first (medseg train)")
+    out_json = Path(output).resolve() if output else bundle.root / "runs" / "eval" / "metrics.json"
+    overrides["output_dir"] = str(out_json.parent)
+    workflow = run_workflow(bundle, ["train.json", "evaluate.json"], workflow_type="eval", **overrides)
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if _finite(v)}
+    result = {
+        "bundle": bundle.name,
+        "version": bundle.version,
+        "fold": int(workflow.parser.get_parsed_content("val_fold")),
+        "cases": len(workflow.parser.get_parsed_content("val_datalist")),
+        "metrics": metrics,
+    }
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out_json)
+    result["output"] = str(out_json)
+    return result
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

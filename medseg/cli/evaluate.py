@@ -1,0 +1,44 @@
+"""``medseg evaluate BUNDLE``: per-class Dice and HD95 of a bundle's weights on a fold."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a bundle's weights on a validation fold (Dice, HD95)",
+        description="Evaluate BUNDLE/models/model.pt on fold K of the fixed split with the bundle's "
+        "configs/train.json + configs/evaluate.json; prints a per-class table and writes JSON.",
+    )
+    parser.add_argument("bundle", help="bundle folder, e.g. bundles/hippocampus_unet3d")
+    parser.add_argument("--data", help="MSD task folder (default: $MEDSEG_DATA_DIR or ../shared/data)")
+    parser.add_argument("--fold", type=int, default=None, help="fold 0-4 (default 0)")
+    parser.add_argument("--weights", help="weights to evaluate instead of BUNDLE/models/model.pt")
+    parser.add_argument("--output", help="JSON file (default BUNDLE/runs/eval/metrics.json)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.bundle import evaluate_bundle, open_bundle
+
+    bundle = open_bundle(args.bundle)
+    result = evaluate_bundle(bundle, data_dir=args.data, fold=args.fold, output=args.output, weights=args.weights)
+    metrics = result["metrics"]
+    # evaluate.json names per-class metrics val_dice_<class> and val_hd95_<class>.
+    classes = [key.removeprefix("val_dice_") for key in metrics if key.startswith("val_dice_")]
+    rows = [(name, metrics.get(f"val_dice_{name}"), metrics.get(f"val_hd95_{name}")) for name in classes]
+    print(f"{bundle.name} {result['version']}: fold {result['fold']}, {result['cases']} cases")
+    print(f"{'label':<24} {'Dice':>7} {'HD95 mm':>8}")
+    for name, dice, hd in rows:
+        print(f"{name:<24} {_fmt(dice):>7} {_fmt(hd, 2):>8}")
+    print(f"{'mean':<24} {_fmt(metrics.get('val_mean_dice')):>7}")
+    print(f"written: {result['output']}")
+    return 0
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

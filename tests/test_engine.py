@@ -1,0 +1,109 @@
+"""Training workflow: atomic checkpoints, resume, CSV/PNG logs, deterministic seeding."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from medseg.engine import AtomicCheckpointSaver
+from medseg.engine.handlers import atomic_torch_save
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_atomic_save_survives_a_kill_mid_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.pt"
+    atomic_torch_save({"w": torch.ones(3)}, target)
+    original = target.read_bytes()
+
+    real_save = torch.save
+
+    def dying_save(obj, handle, *args, **kwargs):
+        handle.write(b"partial bytes of a checkpoint")
+        raise KeyboardInterrupt  # the process is killed while writing
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"w": torch.zeros(3)}, target)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert target.read_bytes() == original
+    assert torch.load(target)["w"].tolist() == [1.0, 1.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_best_model_file_is_never_missing_between_improvements(tmp_path: Path) -> None:
+    net = torch.nn.Linear(2, 2)
+    scores = iter([0.1, 0.5, 0.3, 0.9])
+    evaluator = Engine(lambda e, b: None)
+    seen: list[bool] = []
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _metric(engine: Engine) -> None:
+        engine.state.metrics["dice"] = next(scores)
+        with torch.no_grad():
+            net.weight.fill_(engine.state.metrics["dice"])
+
+    saver = AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
+        key_metric_name="dice", key_metric_filename="model.pt",
+    )
+    saver.attach(evaluator)
+
+    # ignite removes the previous best before writing the new one; the file must stay readable.
+    original_remove = saver._key_metric_checkpoint.save_handler.remove
+
+    def remove_and_check(filename: str) -> None:
+        original_remove(filename)
+        seen.append((tmp_path / "model.pt").is_file())
+
+    saver._key_metric_checkpoint.save_handler.remove = remove_and_check
+    for _ in range(4):
+        evaluator.run([0], max_epochs=1)
+    assert seen and all(seen)
+    state = torch.load(tmp_path / "model.pt")
+    assert set(state) == {"weight", "bias"}  # a plain state dict, as bundles ship it
+    assert float(state["weight"][0, 0]) == pytest.approx(0.9)
+
+
+def _train(output_dir: Path, epochs: int, resume: bool = False) -> list[dict[str, str]]:
+    from medseg.bundle import open_bundle, train_bundle
+
+    bundle = open_bundle(REPO / "bundles" / "hippocampus_unet3d")
+    train_bundle(
+        bundle,
+        epochs=epochs,
+        resume=resume,
+        output_dir=output_dir,
+        progress=False,
+        train_datalist="$@datalist[5:13]",
+        val_datalist="$@datalist[:2]",
+        val_interval=1,
+        num_workers=0,
+    )
+    with open(output_dir / "log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_same_seed_same_loss_curve_and_resume(tmp_path: Path) -> None:
+    first = _train(tmp_path / "a", epochs=2)
+    second = _train(tmp_path / "b", epochs=2)
+    assert [r["loss"] for r in first] == [r["loss"] for r in second]
+    assert len(first) == 2 and all(float(r["loss"]) > 0 for r in first)
+    assert {"val_mean_dice", "val_dice_anterior", "val_dice_posterior", "lr"} <= set(first[0])
+    assert (tmp_path / "a" / "training_curve.png").stat().st_size > 1000
+    assert any((tmp_path / "a" / "tensorboard").iterdir())
+    assert (tmp_path / "a" / "models" / "model.pt").is_file()
+
+    # Resume: one epoch, then continue to two from the epoch checkpoint.
+    _train(tmp_path / "c", epochs=1)
+    assert sorted(os.listdir(tmp_path / "c" / "checkpoints")) == ["checkpoint_epoch=1.pt"]
+    rows = _train(tmp_path / "c", epochs=2, resume=True)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert sorted(os.listdir(tmp_path / "c" / "checkpoints")) == ["checkpoint_epoch=2.pt"]
