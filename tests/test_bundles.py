@@ -1,0 +1,132 @@
+"""The shipped MONAI bundles: structure, metadata, plain `monai.bundle` runs, evaluation, export, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.bundle import REQUIRED_FILES, evaluate_bundle, export_bundle, open_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+TRAINED = [name for name in BUNDLES if (REPO / "bundles" / name / "models" / "model.pt").is_file()]
+
+# Keys the MONAI bundle metadata schema requires (verify_metadata needs the schema from the internet).
+REQUIRED_META = [
+    "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+    "required_packages_version", "task", "description", "authors", "copyright", "network_data_format",
+]
+REQUIRED_FORMAT = ["type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "channel_def"]
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("MEDSEG_DATA_DIR", str(Path(os.environ.get("MEDSEG_DATA_DIR", REPO.parent / "shared" / "data"))))
+    return env
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_layout_and_metadata(name: str) -> None:
+    bundle = open_bundle(REPO / "bundles" / name)
+    for rel in REQUIRED_FILES:
+        assert (bundle.root / rel).is_file(), f"{name} lacks {rel}"
+    meta = bundle.metadata
+    for key in REQUIRED_META:
+        assert key in meta, f"{name} metadata lacks {key}"
+    assert meta["version"] in meta["changelog"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    for fmt in (image, pred):
+        for key in REQUIRED_FORMAT:
+            assert key in fmt, f"{name} network_data_format lacks {key}"
+    assert image["modality"] == "MR"
+    assert pred["num_channels"] == len(pred["channel_def"]) == 3
+    assert "research use only" in meta["intended_use"].lower()
+    for config in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json"):
+        text = (bundle.root / "configs" / config).read_text()
+        json.loads(text)
+    inference = json.loads((bundle.root / "configs" / "inference.json").read_text())
+    for key in ("bundle_root", "output_dir", "dataset_dir", "datalist", "device", "network_def", "network",
+                "preprocessing", "inferer", "postprocessing", "checkpointloader", "evaluator", "initialize", "run"):
+        assert key in inference, f"{name} inference.json lacks {key}"
+    assert inference["network_def"]["_target_"].startswith("medseg.networks.")
+    assert "@datalist" in inference["dataset"]["data"]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_verify_net_in_out(name: str) -> None:
+    root = REPO / "bundles" / name
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+         "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"],
+        cwd=root, capture_output=True, text=True, env=_python_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_weights_are_a_small_state_dict(name: str) -> None:
+    path = REPO / "bundles" / name / "models" / "model.pt"
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_plain_monai_inference_on_a_chosen_datalist(name: str, hippocampus_dir: Path, tmp_path: Path) -> None:
+    """`python -m monai.bundle run` with only `datalist` overridden segments exactly those images."""
+    images = sorted((hippocampus_dir / "imagesTr").glob("*.nii.gz"))
+    chosen = [str(images[0]), str(images[5])]  # fold 0 and fold 0 (index 0, 5)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--bundle_root", ".", "--output_dir", str(tmp_path), "--datalist", json.dumps(chosen)],
+        cwd=REPO / "bundles" / name, capture_output=True, text=True, env=_python_env(), timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outputs = sorted(tmp_path.rglob("*.nii.gz"))
+    assert len(outputs) == 2
+    for image_path, out_path in zip(chosen, outputs):
+        assert out_path.name.startswith(Path(image_path).name.split(".")[0])
+        image = nib.load(image_path)
+        seg = nib.load(out_path)
+        assert seg.shape == image.shape
+        np.testing.assert_allclose(seg.affine, image.affine, atol=1e-4)
+        label = nib.load(image_path.replace("imagesTr", "labelsTr")).get_fdata().round()
+        pred = seg.get_fdata().round()
+        assert set(np.unique(pred)) <= {0, 1, 2}
+        for cls in (1, 2):
+            dice = 2 * np.sum((pred == cls) & (label == cls)) / (np.sum(pred == cls) + np.sum(label == cls))
+            assert dice > 0.7, f"{name} class {cls} Dice {dice:.3f} on {Path(image_path).name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRAINED)
+def test_evaluate_reproduces_documented_dice(name: str, tmp_path: Path) -> None:
+    bundle = open_bundle(REPO / "bundles" / name)
+    documented = bundle.metadata["eval_metrics"]
+    result = evaluate_bundle(bundle, fold=0, output=tmp_path / "metrics.json")
+    assert result["cases"] == 52
+    metrics = result["metrics"]
+    assert metrics["val_mean_dice"] == pytest.approx(documented["mean_dice"], abs=2e-3)
+    assert metrics["val_dice_anterior"] == pytest.approx(documented["dice_anterior"], abs=2e-3)
+    assert metrics["val_dice_posterior"] == pytest.approx(documented["dice_posterior"], abs=2e-3)
+    readme = (bundle.root / "docs" / "README.md").read_text()
+    assert f"{documented['mean_dice']:.3f}" in readme
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"] == metrics
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("name", TRAINED)
+def test_export_matches_eager(name: str, fmt: str, tmp_path: Path) -> None:
+    suffix = ".ts" if fmt == "torchscript" else ".onnx"
+    result = export_bundle(open_bundle(REPO / "bundles" / name), fmt, tmp_path / f"model{suffix}")
+    assert Path(result["path"]).is_file()
+    assert result["max_abs_diff"] <= 1e-4
