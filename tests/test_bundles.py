@@ -21,15 +21,26 @@ TRAINED = [name for name in BUNDLES if (REPO / "bundles" / name / "models" / "mo
 
 # Keys the MONAI bundle metadata schema requires (verify_metadata needs the schema from the internet).
 REQUIRED_META = [
-    "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-    "required_packages_version", "task", "description", "authors", "copyright", "network_data_format",
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
 ]
 REQUIRED_FORMAT = ["type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "channel_def"]
 
 
 def _python_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("MEDSEG_DATA_DIR", str(Path(os.environ.get("MEDSEG_DATA_DIR", REPO.parent / "shared" / "data"))))
+    env.setdefault(
+        "MEDSEG_DATA_DIR", str(Path(os.environ.get("MEDSEG_DATA_DIR", REPO.parent / "shared" / "data")))
+    )
     return env
 
 
@@ -54,8 +65,22 @@ def test_bundle_layout_and_metadata(name: str) -> None:
         text = (bundle.root / "configs" / config).read_text()
         json.loads(text)
     inference = json.loads((bundle.root / "configs" / "inference.json").read_text())
-    for key in ("bundle_root", "output_dir", "dataset_dir", "datalist", "device", "network_def", "network",
-                "preprocessing", "inferer", "postprocessing", "checkpointloader", "evaluator", "initialize", "run"):
+    for key in (
+        "bundle_root",
+        "output_dir",
+        "dataset_dir",
+        "datalist",
+        "device",
+        "network_def",
+        "network",
+        "preprocessing",
+        "inferer",
+        "postprocessing",
+        "checkpointloader",
+        "evaluator",
+        "initialize",
+        "run",
+    ):
         assert key in inference, f"{name} inference.json lacks {key}"
     assert inference["network_def"]["_target_"].startswith("medseg.networks.")
     assert "@datalist" in inference["dataset"]["data"]
@@ -65,9 +90,24 @@ def test_bundle_layout_and_metadata(name: str) -> None:
 def test_verify_net_in_out(name: str) -> None:
     root = REPO / "bundles" / name
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
-         "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"],
-        cwd=root, capture_output=True, text=True, env=_python_env(), timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--device",
+            "cpu",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
@@ -86,14 +126,30 @@ def test_plain_monai_inference_on_a_chosen_datalist(name: str, hippocampus_dir: 
     images = sorted((hippocampus_dir / "imagesTr").glob("*.nii.gz"))
     chosen = [str(images[0]), str(images[5])]  # fold 0 and fold 0 (index 0, 5)
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--bundle_root", ".", "--output_dir", str(tmp_path), "--datalist", json.dumps(chosen)],
-        cwd=REPO / "bundles" / name, capture_output=True, text=True, env=_python_env(), timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--bundle_root",
+            ".",
+            "--output_dir",
+            str(tmp_path),
+            "--datalist",
+            json.dumps(chosen),
+        ],
+        cwd=REPO / "bundles" / name,
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     outputs = sorted(tmp_path.rglob("*.nii.gz"))
     assert len(outputs) == 2
-    for image_path, out_path in zip(chosen, outputs):
+    for image_path, out_path in zip(chosen, outputs, strict=True):
         assert out_path.name.startswith(Path(image_path).name.split(".")[0])
         image = nib.load(image_path)
         seg = nib.load(out_path)

@@ -50,8 +50,11 @@ def test_best_model_file_is_never_missing_between_improvements(tmp_path: Path) -
             net.weight.fill_(engine.state.metrics["dice"])
 
     saver = AtomicCheckpointSaver(
-        save_dir=str(tmp_path), save_dict={"model": net}, save_key_metric=True,
-        key_metric_name="dice", key_metric_filename="model.pt",
+        save_dir=str(tmp_path),
+        save_dict={"model": net},
+        save_key_metric=True,
+        key_metric_name="dice",
+        key_metric_filename="model.pt",
     )
     saver.attach(evaluator)
 

@@ -85,7 +85,12 @@ def export_bundle(
         import onnxruntime
 
         torch.onnx.export(
-            network, (example,), str(tmp), input_names=["image"], output_names=["pred"], dynamo=False,
+            network,
+            (example,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["pred"],
+            dynamo=False,
             opset_version=17,
         )
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
@@ -93,6 +98,8 @@ def export_bundle(
     diff = float((actual - expected).abs().max())
     if diff > EXPORT_TOLERANCE:
         tmp.unlink(missing_ok=True)
-        raise BundleError(f"exported {fmt} model differs from eager by {diff:.2e} (> {EXPORT_TOLERANCE}); not written")
+        raise BundleError(
+            f"exported {fmt} model differs from eager by {diff:.2e} (> {EXPORT_TOLERANCE}); not written"
+        )
     os.replace(tmp, path)
     return {"format": fmt, "path": str(path), "input_shape": list(example.shape), "max_abs_diff": diff}

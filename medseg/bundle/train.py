@@ -19,7 +19,9 @@ def _data_overrides(data_dir: str | os.PathLike | None, fold: int | None) -> dic
     if data_dir is not None:
         path = Path(data_dir).resolve()
         if not (path / "dataset.json").is_file():
-            raise InputError(f"{path} has no dataset.json: give the MSD task folder (e.g. msd-task04-hippocampus)")
+            raise InputError(
+                f"{path} has no dataset.json: give the MSD task folder (e.g. msd-task04-hippocampus)"
+            )
         overrides["dataset_dir"] = str(path)
     if fold is not None:
         if not 0 <= fold < 5:

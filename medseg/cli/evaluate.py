@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from medseg.bundle import evaluate_bundle, open_bundle
 
     bundle = open_bundle(args.bundle)
-    result = evaluate_bundle(bundle, data_dir=args.data, fold=args.fold, output=args.output, weights=args.weights)
+    result = evaluate_bundle(
+        bundle, data_dir=args.data, fold=args.fold, output=args.output, weights=args.weights
+    )
     metrics = result["metrics"]
     # evaluate.json names per-class metrics val_dice_<class> and val_hd95_<class>.
     classes = [key.removeprefix("val_dice_") for key in metrics if key.startswith("val_dice_")]

@@ -22,6 +22,9 @@ SUBCOMMAND_MODULES = [
     "medseg.cli.train",
     "medseg.cli.evaluate",
     "medseg.cli.bundle",
+    "medseg.cli.segment",
+    "medseg.cli.demo",
+    "medseg.cli.serve",
 ]
 
 

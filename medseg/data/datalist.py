@@ -105,7 +105,7 @@ def split_folds(
         raise InputError(f"fold {bad[0]} does not exist: choose 0..{num_folds - 1}")
     ids = [item.get("case_id") or case_id(item["image"]) for item in datalist]
     fold_of = fold_of_cases(ids, num_folds)
-    return [item for item, cid in zip(datalist, ids) if fold_of[cid] in wanted]
+    return [item for item, cid in zip(datalist, ids, strict=True) if fold_of[cid] in wanted]
 
 
 def default_data_dir(subfolder: str = "") -> str:

@@ -113,7 +113,9 @@ class ResumeFromLatest:
     def latest(self) -> Path | None:
         if not self.ckpt_dir.is_dir():
             return None
-        found = [(int(m.group(1)), p) for p in self.ckpt_dir.glob("*.pt") if (m := _EPOCH_CKPT.search(p.name))]
+        found = [
+            (int(m.group(1)), p) for p in self.ckpt_dir.glob("*.pt") if (m := _EPOCH_CKPT.search(p.name))
+        ]
         return max(found)[1] if found else None
 
     def attach(self, engine: Engine) -> None:
@@ -121,9 +123,9 @@ class ResumeFromLatest:
         if path is None:
             return
         logger.info("resuming from %s", path)
-        CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location).attach(
-            engine
-        )
+        CheckpointLoader(
+            load_path=str(path), load_dict=self.load_dict, map_location=self.map_location
+        ).attach(engine)
 
 
 class CSVLogger:
@@ -249,9 +251,13 @@ class TrainingCurvePlot:
         if metric_keys:
             metric_ax = loss_ax.twinx()
             for key in metric_keys:
-                points = [(e, float(r[key])) for e, r in zip(epochs, rows) if r.get(key) not in (None, "")]
+                points = [
+                    (e, float(r[key]))
+                    for e, r in zip(epochs, rows, strict=True)
+                    if r.get(key) not in (None, "")
+                ]
                 if points:
-                    metric_ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+                    metric_ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key)
             metric_ax.set_ylabel("validation metric")
             metric_ax.set_ylim(0, 1)
             metric_ax.legend(loc="lower right", fontsize=8)
