@@ -50,7 +50,7 @@ class Bundle:
 
     def config(self, name: str) -> Path:
         """Path of ``configs/<name>`` (``.json`` added when missing)."""
-        filename = name if name.endswith((".json", ".yaml", ".yml")) else f"{name}.json"
+        filename = name if Path(name).suffix else f"{name}.json"
         path = self.root / "configs" / filename
         if not path.is_file():
             raise BundleError(f"bundle {self.name} has no configs/{filename}")

@@ -78,6 +78,7 @@ def evaluate_bundle(
     fold: int | None = None,
     output: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate the bundle's weights on a fold with ``train.json`` + ``evaluate.json``.
 
@@ -87,7 +88,7 @@ def evaluate_bundle(
     Returns:
         ``{"bundle", "version", "fold", "cases", "metrics": {name: value}}``.
     """
-    overrides = _data_overrides(data_dir, fold)
+    overrides.update(_data_overrides(data_dir, fold))
     if weights is not None:
         weights = Path(weights).resolve()
         if not weights.is_file():
