@@ -1,0 +1,83 @@
+"""Segmentation networks for 2D and 3D images, built from MONAI blocks.
+
+Every network takes ``spatial_dims``, ``in_channels`` and ``out_channels`` (plus width
+options), and returns logits of the input's spatial size for any input size: inputs are
+padded to a multiple of the network's total stride and the logits cropped back.
+
+Create one by name with :func:`create` (``unet``, ``deeplabv3plus``, ``fcn``, ``segnet``,
+``pspnet``), or by class path in a MONAI bundle config::
+
+    "network_def": {"_target_": "medseg.networks.DeepLabV3Plus", "spatial_dims": 3,
+                    "in_channels": 1, "out_channels": 3}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from medseg.networks.base import SegmentationModel, crop_padding, pad_to_multiple
+from medseg.networks.deeplabv3plus import DeepLabV3Plus
+from medseg.networks.fcn import FCN
+from medseg.networks.pspnet import PSPNet
+from medseg.networks.segnet import SegNet
+from medseg.networks.unet import UNet
+
+__all__ = [
+    "SegmentationModel",
+    "UNet",
+    "DeepLabV3Plus",
+    "FCN",
+    "SegNet",
+    "PSPNet",
+    "NETWORKS",
+    "available",
+    "create",
+    "count_parameters",
+    "pad_to_multiple",
+    "crop_padding",
+]
+
+NETWORKS: dict[str, type[nn.Module]] = {
+    "unet": UNet,
+    "deeplabv3plus": DeepLabV3Plus,
+    "fcn": FCN,
+    "segnet": SegNet,
+    "pspnet": PSPNet,
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`create`, sorted."""
+    return sorted(NETWORKS)
+
+
+def create(
+    name: str, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, **options: Any
+) -> nn.Module:
+    """Create a network by name.
+
+    Args:
+        name: one of :func:`available` (case-insensitive; ``-`` and ``_`` are ignored, so
+            ``"DeepLabV3-Plus"`` works).
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: number of classes (logit channels).
+        options: keyword arguments of the network class (widths, norm, ...); every one
+            has a default.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; available: {', '.join(available())}.")
+    return NETWORKS[key](
+        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **options
+    )
+
+
+def count_parameters(network: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``network``."""
+    return sum(p.numel() for p in network.parameters() if p.requires_grad or not trainable_only)

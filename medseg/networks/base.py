@@ -1,0 +1,124 @@
+"""Shared base of the segmentation networks: pad to the network's stride, run, crop back.
+
+Every network in :mod:`medseg.networks` downsamples its input by a fixed total stride
+(8, 16 or 32 per axis). Rather than failing on sizes that are not a multiple of that
+stride (hippocampus crops are e.g. 35x51x35), the input is zero-padded symmetrically up to
+the next multiple and the logits are cropped back to the input grid, so a network returns
+one logit per input voxel for any input size. Symmetric padding keeps the object centred,
+as MONAI's ``DivisiblePad(method="symmetric")`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+__all__ = ["pad_to_multiple", "crop_padding", "SegmentationModel"]
+
+
+def _no_padding(pads: Sequence[tuple[int, int]]) -> bool:
+    """True when nothing is padded and the graph is not being captured for export.
+
+    A trace (``torch.jit.trace``, TorchScript ONNX export) or ``torch.export`` graph keeps
+    the pad and crop even when the example input needs none, so that the exported model
+    with dynamic axes still pads the sizes that do need it.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return all(before == 0 and after == 0 for before, after in pads)
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: Sequence[int] | int, mode: str = "constant", value: float = 0.0
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Pad the spatial dimensions of ``x`` (``B C *spatial``) up to a multiple of ``multiple``.
+
+    Args:
+        x: batch-first, channel-first tensor.
+        multiple: divisor per spatial axis (or one for all axes).
+        mode: padding mode of :func:`torch.nn.functional.pad` (``"constant"``, ``"replicate"``, ...).
+        value: fill value for ``mode="constant"``.
+
+    Returns:
+        The padded tensor and the ``(before, after)`` padding of every spatial axis, to be
+        passed to :func:`crop_padding`.
+    """
+    spatial = x.shape[2:]
+    multiples = ensure_tuple_rep(multiple, len(spatial))
+    pads: list[tuple[int, int]] = []
+    for size, m in zip(spatial, multiples, strict=True):
+        extra = (-size) % m
+        pads.append((extra // 2, extra - extra // 2))
+    if _no_padding(pads):
+        return x, pads
+    # F.pad lists the last axis first
+    flat: list[int] = []
+    for before, after in reversed(pads):
+        flat += [before, after]
+    if mode == "constant":
+        return F.pad(x, flat, mode="constant", value=value), pads
+    return F.pad(x, flat, mode=mode), pads
+
+
+def crop_padding(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple` on a tensor of the padded spatial size.
+
+    Args:
+        x: tensor ``B C *spatial`` on the padded grid.
+        pads: the ``(before, after)`` padding returned by :func:`pad_to_multiple`.
+    """
+    if _no_padding(pads):
+        return x
+    slices = [slice(None), slice(None)]
+    for size, (before, after) in zip(x.shape[2:], pads, strict=True):
+        slices.append(slice(before, size - after))
+    return x[tuple(slices)]
+
+
+class SegmentationModel(nn.Module):
+    """Encoder -> decoder -> head network that accepts any input size.
+
+    Subclasses set ``self.encoder``, ``self.decoder`` and ``self.head`` (as in
+    segmentation_models_pytorch) or override :meth:`forward_padded`. :meth:`forward`
+    pads the input to a multiple of ``size_divisor``, runs :meth:`forward_padded` and crops
+    the logits back to the input size.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        size_divisor: total stride of the network, per axis or one for all axes.
+        pad_mode: padding mode used to reach ``size_divisor`` (``"constant"`` pads zeros,
+            which is the mean of a z-score normalised image).
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+    head: nn.Module
+
+    def __init__(
+        self, spatial_dims: int, size_divisor: Sequence[int] | int, pad_mode: str = "constant"
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+        self.size_divisor: tuple[int, ...] = tuple(
+            int(s) for s in ensure_tuple_rep(size_divisor, spatial_dims)
+        )
+        self.pad_mode = pad_mode
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of an input whose spatial size is a multiple of ``size_divisor``."""
+        return self.head(self.decoder(self.encoder(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"{type(self).__name__} expects a {self.spatial_dims + 2}-D input (B, C, *spatial), "
+                f"got shape {tuple(x.shape)}."
+            )
+        padded, pads = pad_to_multiple(x, self.size_divisor, mode=self.pad_mode)
+        return crop_padding(self.forward_padded(padded), pads)
