@@ -175,7 +175,7 @@ def test_evaluate_reproduces_documented_dice(name: str, tmp_path: Path) -> None:
     assert metrics["val_dice_anterior"] == pytest.approx(documented["dice_anterior"], abs=2e-3)
     assert metrics["val_dice_posterior"] == pytest.approx(documented["dice_posterior"], abs=2e-3)
     readme = (bundle.root / "docs" / "README.md").read_text()
-    assert f"{documented['mean_dice']:.3f}" in readme
+    assert f"{documented['mean_dice']:.4f}" in readme
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"] == metrics
 
 
