@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.medseg-installed
 
-.PHONY: install demo test lint clean
+.PHONY: install system-deps demo test lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# Orthanc, dicom3tools and the MONAI Label venv (its own torch/monai stack, cached outside the clone).
+system-deps:
+	@if [ "$$(id -u)" = 0 ]; then bash workflows/setup_ci.sh; \
+	else echo "not root: run 'sudo bash workflows/setup_ci.sh' once for the serving tests (skipped without it)"; fi
+
 demo: install
 	$(VENV)/bin/medseg demo
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q -x --timeout=1800 $(PYTEST_ARGS)
 
 lint: install

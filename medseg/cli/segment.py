@@ -1,0 +1,126 @@
+"""``medseg segment INPUT --bundle BUNDLE --output OUTDIR``: segment images with a MONAI bundle.
+
+Writes ``segmentation.nii.gz`` (on the input's grid), ``segmentation.dcm`` (DICOM SEG, for DICOM
+input), ``overlay.png`` and ``report.json``; a folder of several series or image files is a batch
+with one result folder per input. Research use only, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run", "format_volumes", "quiet_libraries"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``segment`` subcommand.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+    """
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment a DICOM series, NIfTI or NRRD image (or a folder of them) with a bundle",
+        description="Segment INPUT with a MONAI bundle (its configs/inference.json and models/model.pt). "
+        "INPUT is a DICOM folder holding one series, a NIfTI or NRRD file (outputs go straight into OUTDIR), "
+        "or a folder of several series/files (a batch: one folder per input in OUTDIR). The input is "
+        "checked against the bundle (modality, channels, spacing, extent) first. Research use only, "
+        "not for diagnosis.",
+    )
+    parser.add_argument(
+        "input", metavar="INPUT", help="DICOM folder or file, .nii/.nii.gz or .nrrd, or a folder of them"
+    )
+    parser.add_argument(
+        "--bundle", required=True, metavar="BUNDLE", help="bundle folder, e.g. bundles/hippocampus_unet3d"
+    )
+    parser.add_argument(
+        "--output", "-o", required=True, metavar="OUTDIR", help="output folder (created when missing)"
+    )
+    parser.add_argument(
+        "--series", metavar="UID", default=None, help="SeriesInstanceUID to segment from a DICOM folder"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
+    parser.add_argument(
+        "--overlap", type=float, default=None, metavar="F", help="sliding-window overlap in [0, 1)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="segment even when the input does not fit the bundle"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for batches")
+    parser.set_defaults(func=run)
+    return parser
+
+
+@contextlib.contextmanager
+def quiet_libraries(verbose: bool = False) -> Iterator[None]:
+    """Keep library chatter that says nothing to a user off the console (unless ``--verbose``)."""
+    if verbose:
+        yield
+        return
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every module it copies into the SEG
+    with warnings.catch_warnings():
+        # MONAI's deprecation notices about the bundle's transforms are for bundle authors, not users
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # e.g. "nvImageCodec decoder plugin did not register", repeated for every LoadImage built
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"monai\.")
+        yield
+
+
+def format_volumes(report: dict[str, Any]) -> str:
+    """``name 1.23 mL, name 0.98 mL`` from a report."""
+    return ", ".join(f"{row['name']} {row['volume_ml']:.2f} mL" for row in report["labels"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment ``args.input``; returns 0, or 1 when inputs of a batch failed."""
+    from medseg.errors import ConfigError
+    from medseg.segment import segment
+
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} exists and is not a folder")
+    with quiet_libraries(getattr(args, "verbose", False)):
+        result = segment(
+            args.input,
+            args.bundle,
+            output,
+            series_uid=args.series,
+            device=args.device,
+            tta=args.tta,
+            overlap=args.overlap,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+    for name, res in result.results.items():
+        where = res.output_dir
+        uid = res.report["input"].get("series_uid")
+        label = f"{name}: " if name else ""
+        print(
+            f"{label}{format_volumes(res.report)} -> {where}" + (f" (series {uid})" if uid and name else "")
+        )
+        if res.report["suitability"]["forced"]:
+            print(
+                f"{label}warning: the input does not fit the bundle; segmented because of --force",
+                file=sys.stderr,
+            )
+    if result.single:
+        return 0
+    total = len(result.results) + len(result.failures)
+    print(f"segmented {len(result.results)} of {total} inputs into {output}")
+    if result.failures:
+        print(f"{len(result.failures)} input(s) failed:", file=sys.stderr)
+        for name, message in result.failures.items():
+            print(f"  {name}: {message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,104 @@
+"""``medseg serve [--studies PATH_OR_DICOMWEB_URL] [--bundles NAMES] [--port N] [--workdir DIR]``.
+
+Prepares a working folder (served copies of the bundles, a datastore mirrored from the studies)
+and runs a MONAI Label server for 3D Slicer on 127.0.0.1 in the foreground, until Ctrl-C/SIGTERM.
+See workflows/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import ConfigError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve bundles to 3D Slicer / DICOMweb through a MONAI Label server on 127.0.0.1",
+        description="Start a MONAI Label server on 127.0.0.1 that serves the bundles under bundles/ "
+        "(model names = bundle folder names). The studies folder is never written to: it is mirrored "
+        "into WORKDIR/datastore (links; DICOM series converted to NIfTI; MSD labelsTr copied as final "
+        "labels). /train writes fine-tuned weights as new versions in WORKDIR, never into bundles/. "
+        "No authentication: keep it on 127.0.0.1 or behind an authenticating proxy. Research use only.",
+    )
+    parser.add_argument(
+        "--studies",
+        metavar="PATH_OR_URL",
+        default=None,
+        help="folder of images/DICOM series or MSD task folder, or a DICOMweb URL "
+        "(e.g. http://127.0.0.1:8042/dicom-web); default: an empty datastore in the workdir",
+    )
+    parser.add_argument(
+        "--bundles",
+        metavar="NAMES",
+        default=None,
+        help="comma-separated bundle folder names to serve (default: every bundle under --bundles-dir)",
+    )
+    parser.add_argument(
+        "--bundles-dir", metavar="DIR", default=None, help="folder of bundles (default: <repo>/bundles)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--workdir", metavar="DIR", default=None, help="working folder (default: ~/.cache/medseg/serve)"
+    )
+    parser.add_argument(
+        "--infer-workers",
+        type=int,
+        default=1,
+        help="inference worker processes (default 1); each loads the models, more requests queue",
+    )
+    parser.add_argument(
+        "--log", metavar="FILE", default=None, help="write the server's log here (default: the terminal)"
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the server to answer (default 600)",
+    )
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="prepare the workdir and print what would run, then exit"
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.serve.launcher import LabelServer, find_label_python, free_port, port_is_free, run_foreground
+    from medseg.serve.workdir import REPO_ROOT, default_workdir, discover_bundles, prepare_workdir
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a TCP port")
+    if args.infer_workers < 1:
+        raise ConfigError("--infer-workers must be at least 1")
+    names = [n.strip() for n in args.bundles.split(",") if n.strip()] if args.bundles else None
+    bundles_dir = Path(args.bundles_dir) if args.bundles_dir else REPO_ROOT / "bundles"
+    bundles = discover_bundles(bundles_dir, names)
+    workdir = Path(args.workdir) if args.workdir else default_workdir()
+    prepared = prepare_workdir(workdir, args.studies, bundles)
+    if prepared.report is not None:
+        r = prepared.report
+        print(
+            f"datastore {prepared.studies}: {len(r.images)} images ({len(r.converted)} converted from DICOM), "
+            f"{len(r.labels)} final labels"
+        )
+        for line in r.skipped:
+            print(f"  skipped {line}")
+    port = args.port or free_port()
+    if not port_is_free(port):
+        raise ConfigError(f"port {port} on 127.0.0.1 is in use (another server?); choose another with --port")
+    if args.prepare_only:
+        server = LabelServer("<label-venv>/bin/python", prepared, port=port)
+        print(" ".join(server.command()))
+        return 0
+    python = find_label_python(create=True)
+    server = LabelServer(python, prepared, port=port, log=args.log, infer_workers=args.infer_workers)
+    return run_foreground(server, ready_timeout=args.ready_timeout)

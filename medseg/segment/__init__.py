@@ -1,0 +1,81 @@
+"""Segment images with a MONAI bundle: NIfTI, DICOM SEG, overlay and report (research use only).
+
+Public API:
+
+* :class:`Segmenter` -- a bundle's network, preprocessing and inferer; ``run(input, outdir)``
+  segments one input and writes ``segmentation.nii.gz``, ``segmentation.dcm`` (DICOM input),
+  ``overlay.png`` and ``report.json``.
+* :func:`segment` -- one input or a whole folder (batch), as ``medseg segment`` does.
+* :func:`check_suitability` -- does an image fit a bundle (modality, channels, spacing, extent)?
+* :func:`write_seg` / :func:`read_seg` -- DICOM SEG writer, and reader mapping any SEG onto its
+  source series grid.
+* :func:`render_overlay` -- the overlay PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medseg.segment.batch import BatchResult, InputItem, discover_inputs, run_inputs
+from medseg.segment.concepts import SegmentSpec, segment_specs
+from medseg.segment.dicom_seg import SegSegment, SegVolume, read_seg, write_seg
+from medseg.segment.overlay import render_overlay
+from medseg.segment.pipeline import OUTPUT_FILES, Segmenter, SegmentResult, resample_labels_nearest
+from medseg.segment.suitability import (
+    METADATA_KEYS,
+    Suitability,
+    UnsuitableInputError,
+    check_suitability,
+)
+
+__all__ = [
+    "segment",
+    "Segmenter",
+    "SegmentResult",
+    "BatchResult",
+    "InputItem",
+    "OUTPUT_FILES",
+    "METADATA_KEYS",
+    "discover_inputs",
+    "run_inputs",
+    "check_suitability",
+    "Suitability",
+    "UnsuitableInputError",
+    "SegmentSpec",
+    "segment_specs",
+    "write_seg",
+    "read_seg",
+    "SegVolume",
+    "SegSegment",
+    "render_overlay",
+    "resample_labels_nearest",
+]
+
+
+def segment(
+    input_path: str | os.PathLike,
+    bundle: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    series_uid: str | None = None,
+    device: str = "cpu",
+    tta: bool = False,
+    overlap: float | None = None,
+    force: bool = False,
+    progress: bool = False,
+    segmenter: Segmenter | None = None,
+) -> BatchResult:
+    """Segment one input, or every input of a folder, with a bundle (see :mod:`medseg.segment.batch`).
+
+    A single input's error is raised (a :class:`medseg.errors.MedsegError`); in a batch, failures
+    are collected in :attr:`BatchResult.failures` and the other inputs still run.
+    """
+    items, single = discover_inputs(input_path, series_uid, exclude=output_dir)
+    runner = segmenter or Segmenter(bundle, device=device, tta=tta, overlap=overlap)
+
+    def one(item: InputItem, out: Path) -> Any:
+        return runner.run(item.path, out, series_uid=item.series_uid, force=force)
+
+    return run_inputs(items, single, output_dir, one, progress=progress)

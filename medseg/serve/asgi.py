@@ -1,0 +1,306 @@
+"""MONAI Label's FastAPI app with medseg's ``/infer`` and ``/train`` routes (MONAI Label venv only).
+
+Run by ``medseg serve`` as ``monailabel start_server ... --uvicorn_app medseg.serve.asgi:app``.
+What changes against the stock server (monailabel 0.8.5):
+
+* ``POST /infer/{model}`` checks the request before anything runs and answers 4xx with a message:
+  404 for an unknown model or an image id the datastore does not hold (server file paths are not
+  accepted as ids), 415 for an upload that is not NIfTI/NRRD, 422 for one that cannot be read
+  (truncated, not an image), 400 for malformed params; the inference itself runs in a pool of
+  worker processes (``MEDSEG_SERVE_INFER_WORKERS``, default 1; see :mod:`medseg.serve.worker`),
+  so the event loop (``/info/``, the datastore, training status) stays responsive while requests
+  queue;
+* ``output=dicom_seg`` (DICOMweb datastore) writes a DICOM SEG with the bundle's label names and
+  coded concepts (:mod:`medseg.serve.dicomseg`); with ``params={"store": true}`` the SEG is also
+  stored back on the DICOMweb server with STOW-RS;
+* ``POST /train/{model}`` answers 404 for an unknown model and 409 without enough labels, and
+  never blocks the event loop; the train task writes a new weights version (see label_app);
+* errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500.
+"""
+
+# ruff: noqa: B008 - FastAPI declares request parameters with File()/Form()/Depends() defaults
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from monailabel.app import app as stock_app
+from monailabel.config import RBAC_ADMIN, RBAC_USER, settings
+from monailabel.endpoints.infer import ResultType, send_response
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.exception import MONAILabelException
+from monailabel.interfaces.utils.app import app_instance
+from monailabel.utils.async_tasks.task import AsyncTask
+from monailabel.utils.others.generic import remove_file
+
+from medseg.errors import MedsegError
+from medseg.serve import worker
+from medseg.serve.worker import JobError, error_status
+
+__all__ = ["app", "api", "stock_app", "INFER_POOL"]
+
+logger = logging.getLogger("medseg.serve")
+
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+INFER_WORKERS = max(1, int(os.environ.get("MEDSEG_SERVE_INFER_WORKERS", "1")))
+
+
+def _new_pool() -> ProcessPoolExecutor:
+    """Worker processes (see medseg.serve.worker), started with the server, each with its own app."""
+    pool = ProcessPoolExecutor(
+        max_workers=INFER_WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=worker.init
+    )
+    for _ in range(INFER_WORKERS):
+        pool.submit(worker.ping)
+    return pool
+
+
+INFER_POOL = _new_pool()
+MAX_QUEUED = max(1, int(os.environ.get("MEDSEG_SERVE_MAX_QUEUED", "64")))
+_queued = 0
+
+
+class BadRequest(HTTPException):
+    pass
+
+
+async def _monailabel_exception(request: Request, exc: MONAILabelException) -> JSONResponse:
+    mapped = error_status(exc)
+    if mapped is not None:
+        return JSONResponse(status_code=mapped[0], content={"detail": mapped[1]})
+    logger.error("%s %s failed: %s", request.method, request.url.path, exc.msg)
+    return JSONResponse(status_code=500, content={"detail": f"{exc.error.value}: {exc.msg}"})
+
+
+async def _medseg_exception(request: Request, exc: MedsegError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+
+# medseg's routes live in their own FastAPI app; `app` below sends POST /infer/{model} and
+# POST /train/{model} there and everything else (and the lifespan) to MONAI Label's app
+api = FastAPI(title="medseg serve", openapi_url=None, docs_url=None, redoc_url=None)
+for _target in (api, stock_app):
+    _target.add_exception_handler(MONAILabelException, _monailabel_exception)
+    _target.add_exception_handler(MedsegError, _medseg_exception)
+
+
+def _save_upload(upload: UploadFile) -> str:
+    name = os.path.basename(upload.filename or "image.nii.gz")
+    suffix = next((s for s in UPLOAD_SUFFIXES if name.lower().endswith(s)), None)
+    if suffix is None:
+        raise HTTPException(
+            status_code=415,
+            detail=f"upload {name!r} is not a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file; convert it first "
+            "(medseg convert) or upload the series to the DICOMweb server",
+        )
+    fd, path = tempfile.mkstemp(prefix="medseg-upload-", suffix=suffix)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(upload.file, out)
+    return path
+
+
+def _parse_params(params: str | None) -> dict[str, Any]:
+    try:
+        parsed = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise HTTPException(status_code=400, detail=f"params is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise HTTPException(status_code=400, detail="params must be a JSON object")
+    return parsed
+
+
+def _datastore_has(instance: Any, image: str) -> bool:
+    try:
+        return image in set(instance.datastore().list_images())
+    except Exception as exc:  # noqa: BLE001 - the remote datastore (DICOMweb) is down or refuses
+        raise HTTPException(status_code=502, detail=f"the datastore cannot be listed: {exc}") from exc
+
+
+async def _run(func, *args):
+    global _queued, INFER_POOL
+    if _queued >= MAX_QUEUED:
+        raise HTTPException(
+            status_code=503, detail=f"{_queued} inference requests are waiting; try again later"
+        )
+    _queued += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(INFER_POOL, func, *args)
+    except BrokenProcessPool:
+        if INFER_POOL._broken:  # a worker died (killed, out of memory): start a new pool for what follows
+            INFER_POOL = _new_pool()
+        raise
+    finally:
+        _queued -= 1
+
+
+async def api_run_inference(
+    background_tasks: BackgroundTasks,
+    model: str,
+    image: str = "",
+    session_id: str = "",
+    params: str = Form("{}"),
+    file: UploadFile = File(None),
+    label: UploadFile = File(None),
+    output: ResultType | None = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    instance = app_instance()
+    if model not in instance._infers:
+        names = ", ".join(sorted(instance._infers)) or "none"
+        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has: {names}")
+    p = _parse_params(params)
+    sources = [s for s in (bool(image), file is not None, bool(session_id)) if s]
+    if len(sources) != 1:
+        raise HTTPException(
+            status_code=400,
+            detail="give exactly one of image (a datastore id), file (an upload) or session_id",
+        )
+    if label is not None:
+        raise HTTPException(
+            status_code=400, detail=f"model {model!r} is a segmentation model and takes no label input"
+        )
+    if output == ResultType.dicom_seg:
+        if not hasattr(instance.datastore(), "series_dir"):
+            raise HTTPException(
+                status_code=400,
+                detail="output=dicom_seg needs a DICOMweb datastore (start with --studies http://.../dicom-web)",
+            )
+        if not image:
+            raise HTTPException(
+                status_code=400,
+                detail="output=dicom_seg needs image=<SeriesInstanceUID> of the DICOMweb server",
+            )
+
+    request: dict[str, Any] = {"model": model, "image": image}
+    upload = None
+    if file is not None:
+        saved = await asyncio.get_running_loop().run_in_executor(None, _save_upload, file)
+        background_tasks.add_task(remove_file, saved)
+        request["image"] = saved
+        upload = (saved, os.path.basename(file.filename or "upload"))
+    elif session_id:
+        session = instance.sessions().get_session(session_id)
+        if not session:
+            raise HTTPException(
+                status_code=404, detail=f"session {session_id!r} does not exist or has expired"
+            )
+        request["image"] = session.image
+        request["session"] = session.to_json()
+    elif not await asyncio.get_running_loop().run_in_executor(None, _datastore_has, instance, image):
+        raise HTTPException(
+            status_code=404,
+            detail=f"image {image!r} is not in the datastore; GET /datastore/?output=all lists the ids",
+        )
+
+    for key in ("model", "image"):
+        p.pop(key, None)  # a request names its model and image in the URL, not in params
+    request.update(p)
+
+    try:
+        result = await _run(worker.infer_job, request, upload, output == ResultType.dicom_seg, p)
+    except JobError as exc:
+        raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+    except BrokenProcessPool as exc:
+        logger.error("an inference worker died:\n%s", traceback.format_exc())
+        raise HTTPException(
+            status_code=500, detail=f"the inference worker died ({exc}); see the server log"
+        ) from exc
+
+    if output == ResultType.dicom_seg:
+        for key in ("file", "dicom_seg"):
+            if result.get(key):
+                background_tasks.add_task(remove_file, result[key])
+        headers = {
+            "X-Medseg-Seg-Series-Uid": result["seg_series_uid"],
+            "X-Medseg-Stored": str(result["stored"]).lower(),
+        }
+        return FileResponse(
+            result["dicom_seg"], media_type="application/dicom", filename="seg.dcm", headers=headers
+        )
+    return send_response(instance.datastore(), result, output, background_tasks)
+
+
+def _train_checks(model: str) -> None:
+    instance = app_instance()
+    if model not in instance._trainers:
+        names = ", ".join(sorted(instance._trainers)) or "none"
+        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; trainable models: {names}")
+    labelled = len(instance.datastore().datalist())
+    if labelled < 2:
+        raise HTTPException(
+            status_code=409,
+            detail=f"training needs at least 2 images with final labels; the datastore has {labelled}",
+        )
+
+
+async def api_run_train(
+    model: str,
+    params: dict | None = None,
+    run_sync: bool | None = False,
+    enqueue: bool | None = False,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+):
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, _train_checks, model)
+    if params is not None and not isinstance(params, dict):
+        raise HTTPException(status_code=400, detail="the body must be a JSON object of training options")
+    request = {"model": model}
+    # the model comes from the URL; a "model" or "bundle_path" in the options would retarget the job
+    params = {k: v for k, v in (params or {}).items() if k not in ("model", "bundle_path")}
+
+    def start():
+        return AsyncTask.run("train", request=request, params=params, force_sync=run_sync, enqueue=enqueue)
+
+    res, detail = await loop.run_in_executor(None, start)
+    if res is None:
+        raise HTTPException(status_code=429, detail=detail)
+    return res
+
+
+def _restrict_cors() -> None:
+    """Stock MONAI Label allows every web origin, with credentials: any page a user opens could drive
+    the API from their browser. Allow only the origins in MEDSEG_SERVE_CORS_ORIGINS (comma-separated;
+    default none). 3D Slicer is not a browser and is not affected."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    origins = [o.strip() for o in os.environ.get("MEDSEG_SERVE_CORS_ORIGINS", "").split(",") if o.strip()]
+    for middleware in stock_app.user_middleware:
+        if middleware.cls is CORSMiddleware:
+            middleware.kwargs["allow_origins"] = origins
+    stock_app.middleware_stack = None
+
+
+_restrict_cors()
+api.add_api_route(
+    "/infer/{model}",
+    api_run_inference,
+    methods=["POST"],
+    summary=f"{RBAC_USER}Run inference with a bundle (4xx for bad requests; runs in a worker pool)",
+)
+api.add_api_route(
+    "/train/{model}",
+    api_run_train,
+    methods=["POST"],
+    summary=f"{RBAC_ADMIN}Fine-tune a bundle with the datastore's labels (writes a new weights version)",
+)
+_OURS = re.compile(r"^/(infer|train)/[^/]+/?$")
+
+
+async def app(scope, receive, send):
+    """The ASGI app uvicorn runs: medseg's routes first, MONAI Label's for the rest."""
+    if scope["type"] == "http" and scope.get("method") == "POST" and _OURS.match(scope.get("path", "")):
+        await api(scope, receive, send)
+    else:
+        await stock_app(scope, receive, send)

@@ -1,0 +1,426 @@
+"""The MONAI Label app that serves medseg bundles (imported in the MONAI Label venv only).
+
+``workflows/label/app/main.py`` imports :class:`MedsegLabelApp`; MONAI Label finds it there as
+the app class. Differences from MONAI Label's stock ``monaibundle`` app:
+
+* models are the bundle folders under ``<app>/model/`` (``--conf models a,b`` selects some);
+  nothing is downloaded from a model zoo;
+* :class:`MedsegInferTask` builds the bundle's transforms under a lock (MONAI's ConfigParser is
+  not thread safe) so inferences may run in several threads, loads weights strictly, and
+  uses the newest fine-tuned version (``models/model-ftNNN-<time>.pt``) unless the request names
+  one (``model_filename``);
+* :class:`MedsegTrainTask` runs the bundle's own ``train.json`` with the datastore's labelled
+  images, writes its checkpoints into a run folder of the served copy and publishes the result
+  as a new version file: ``models/model.pt`` is never overwritten;
+* the local datastore never writes through a link into the mirrored studies, and the DICOMweb
+  datastore converts series with medseg's strict loader (no dcmqi download, no ITK conversion).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.train.bundle import BundleTrainTask
+
+import medseg
+
+__all__ = [
+    "MedsegLabelApp",
+    "MedsegInferTask",
+    "MedsegTrainTask",
+    "MedsegLocalDatastore",
+    "MedsegDICOMWebDatastore",
+    "weight_versions",
+    "latest_weights",
+    "resolve_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+VERSION_FILE = re.compile(r"^model-ft(\d{3,})-(\d{8}T\d{6})\.pt$")
+LATEST = "latest"
+
+
+# ---------------------------------------------------------------------------------------------
+# versioned weights of a served bundle copy
+
+
+def weight_versions(bundle_path: str | os.PathLike) -> list[Path]:
+    """Fine-tuned weight files of a served bundle, oldest first."""
+    models = Path(bundle_path) / "models"
+    found = [(int(m.group(1)), p) for p in models.glob("model-ft*.pt") if (m := VERSION_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_weights(bundle_path: str | os.PathLike) -> Path:
+    """The newest fine-tuned version, else the shipped ``models/model.pt``."""
+    versions = weight_versions(bundle_path)
+    return versions[-1] if versions else Path(bundle_path) / "models" / "model.pt"
+
+
+def resolve_weights(bundle_path: str | os.PathLike, name: Any) -> Path:
+    """The weights file a request asks for: ``latest`` (default), ``model.pt`` or a version file name.
+
+    Raises:
+        MONAILabelException(INVALID_INPUT): an unknown name, or one that is not a plain file name.
+    """
+    if isinstance(name, (list, tuple)):  # the client sent the option list back unchanged
+        name = name[0] if name else LATEST
+    if name in (None, "", LATEST):
+        return latest_weights(bundle_path)
+    name = str(name)
+    models = Path(bundle_path) / "models"
+    if name == "model.pt" or VERSION_FILE.match(name):
+        path = models / name
+        if path.is_file():
+            return path
+    choices = ", ".join([LATEST, "model.pt"] + [p.name for p in weight_versions(bundle_path)])
+    raise MONAILabelException(
+        MONAILabelError.INVALID_INPUT,
+        f"model_filename {name!r} is not a weights file of this model; choose one of: {choices}",
+    )
+
+
+def _next_version(bundle_path: Path) -> Path:
+    versions = weight_versions(bundle_path)
+    number = int(VERSION_FILE.match(versions[-1].name).group(1)) + 1 if versions else 1
+    return bundle_path / "models" / f"model-ft{number:03d}-{time.strftime('%Y%m%dT%H%M%S')}.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks
+
+
+class MedsegInferTask(BundleInferTask):
+    """Bundle inference that is safe to run from several threads and knows weight versions."""
+
+    def __init__(self, path: str, conf: dict[str, str], **kwargs: Any) -> None:
+        self._config_lock = threading.RLock()
+        self._network_lock = threading.Lock()
+        super().__init__(path, conf, load_strict=True, **kwargs)
+        if self.valid:
+            self.label_names = {int(k): str(v) for k, v in self._channel_def().items()}
+            # requests start from this config: use the newest weights unless they name others (the
+            # stock list here, sorted by name length, would always pick model.pt)
+            self._config["model_filename"] = LATEST
+
+    def _channel_def(self) -> dict[str, str]:
+        meta = json.loads((Path(self.bundle_path) / "configs" / "metadata.json").read_text())
+        return meta["network_data_format"]["outputs"]["pred"].get("channel_def", {})
+
+    def is_valid(self) -> bool:
+        return bool(self.valid) and latest_weights(self.bundle_path).is_file()
+
+    def get_path(self, validate: bool = True) -> str | None:
+        path = latest_weights(self.bundle_path)
+        return str(path) if path.is_file() or not validate else None
+
+    def config(self) -> dict[str, Any]:
+        config = dict(self._config)
+        config["model_filename"] = [LATEST, "model.pt"] + [
+            p.name for p in reversed(weight_versions(self.bundle_path))
+        ]
+        return config
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["bundle"] = os.path.basename(self.bundle_path)
+        info["label_names"] = {str(k): v for k, v in self.label_names.items()}
+        info["weights"] = latest_weights(self.bundle_path).name
+        return info
+
+    # MONAI's ConfigParser resolves references with shared state: build transforms one at a time
+    def pre_transforms(self, data=None):
+        with self._config_lock:
+            return super().pre_transforms(data)
+
+    def post_transforms(self, data=None):
+        with self._config_lock:
+            return super().post_transforms(data)
+
+    def inferer(self, data=None):
+        with self._config_lock:
+            return super().inferer(data)
+
+    def _get_network(self, device, data):
+        path = resolve_weights(self.bundle_path, (data or {}).get("model_filename"))
+        stat = path.stat()
+        key = (str(device), str(path))
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if data is not None:
+            data["medseg_weights"] = path.name  # reported with the result (see writer)
+        with self._network_lock:
+            cached = self._networks.get(key)
+            if cached is not None and cached[1] == stamp:
+                return cached[0]
+            logger.info("loading %s weights %s on %s", os.path.basename(self.bundle_path), path.name, device)
+            network = copy.deepcopy(self.network).to(torch.device(device))
+            checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
+            if isinstance(checkpoint, dict) and isinstance(checkpoint.get(self.model_state_dict), dict):
+                checkpoint = checkpoint[self.model_state_dict]
+            network.load_state_dict(checkpoint, strict=True)
+            network.eval()
+            # keep one network per device: the version just loaded
+            self._networks = {k: v for k, v in self._networks.items() if k[0] != str(device)}
+            self._networks[key] = (network, stamp)
+            return network
+
+    def writer(self, data, extension=None, dtype=None):
+        result_file, result_json = super().writer(data, extension, dtype)
+        result_json["weights"] = data.get("medseg_weights", "")
+        result_json["bundle"] = os.path.basename(self.bundle_path)
+        return result_file, result_json
+
+
+class MedsegTrainTask(BundleTrainTask):
+    """Fine-tune with the bundle's train.json; publish the result as a new weights version."""
+
+    def __init__(self, path: str, conf: dict[str, str]) -> None:
+        super().__init__(path, conf, load_strict=True)
+        self._run_dir: Path | None = None
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        config["model_filename"] = [LATEST, "model.pt"] + [
+            p.name for p in reversed(weight_versions(self.bundle_path))
+        ]
+        config["max_epochs"] = 10
+        config["multi_gpu"] = False
+        return config
+
+    def _partition_datalist(self, datalist, request, shuffle=False):
+        train, val = super()._partition_datalist(datalist, request, shuffle=shuffle)
+        if val is not None and not val and len(datalist) >= 2 and request.get("val_split", 0.2) > 0:
+            train, val = datalist[:-1], datalist[-1:]  # validation needs one case: it saves the weights
+        return train, val
+
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        assert self._run_dir is not None
+        overrides["ckpt_dir"] = str(self._run_dir / "ckpt")
+        overrides["output_dir"] = str(self._run_dir)
+        overrides["resume"] = False
+        overrides["progress"] = False
+        max_epochs = int(overrides.get(self.const.key_train_trainer_max_epochs(), 1))
+        if isinstance(self.bundle_config.get("max_epochs"), int):
+            overrides["max_epochs"] = max_epochs  # schedules built on the bundle's max_epochs fit this run
+        val_interval = self.bundle_config.get("val_interval")
+        if isinstance(val_interval, int):
+            # the bundle saves its weights when it validates: validate at least at the last epoch
+            overrides["val_interval"] = max(1, min(val_interval, max_epochs))
+        return overrides
+
+    def __call__(self, request, datastore):
+        request = dict(request)
+        start = resolve_weights(self.bundle_path, request.get("model_filename"))
+        request["model_filename"] = start.name
+        request.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+        request["multi_gpu"] = False
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        self._run_dir = Path(self.bundle_path) / "runs" / f"finetune-{stamp}"
+        (self._run_dir / "ckpt").mkdir(parents=True, exist_ok=True)
+        labelled = len(datastore.datalist())
+        if labelled < 2:
+            raise MONAILabelException(
+                MONAILabelError.INVALID_INPUT,
+                f"training needs at least 2 labelled images, the datastore has {labelled}",
+            )
+        super().__call__(request, datastore)
+        best = self._run_dir / "ckpt" / "model.pt"
+        if not best.is_file():
+            raise MONAILabelException(
+                MONAILabelError.APP_TRAIN_FAILED, f"training ended without saving weights in {best.parent}"
+            )
+        dest = _next_version(Path(self.bundle_path))
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copy2(best, tmp)
+        os.replace(tmp, dest)
+        record = {
+            "weights": dest.name,
+            "started_from": start.name,
+            "max_epochs": request.get("max_epochs"),
+            "labelled_images": labelled,
+            "run_dir": str(self._run_dir),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        log = Path(self.bundle_path) / "models" / "versions.jsonl"
+        with open(log, "a") as fp:
+            fp.write(json.dumps(record) + "\n")
+        logger.info("published fine-tuned weights %s", dest)
+        return record
+
+
+# ---------------------------------------------------------------------------------------------
+# datastores
+
+
+class MedsegLocalDatastore(LocalDatastore):
+    """Local datastore whose images may be links into the studies: writes replace links, never follow them."""
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        _, ext = self._to_id(os.path.basename(image_filename))
+        target = os.path.join(self._datastore.image_path(), self._filename(image_id or _, ext))
+        if os.path.islink(target):
+            os.unlink(target)
+        return super().add_image(image_id, image_filename, image_info)
+
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]
+    ) -> str:
+        _, ext = self._to_id(os.path.basename(label_filename))
+        target = os.path.join(self._datastore.label_path(label_tag), self._filename(image_id, ext))
+        if os.path.islink(target):
+            os.unlink(target)
+        return super().save_label(image_id, label_filename, label_tag, label_info)
+
+
+class MedsegDICOMWebDatastore(DICOMWebDatastore):
+    """DICOMweb datastore that converts series with medseg's strict loader."""
+
+    def _series_lock(self, image_id: str):
+        """A lock on one series across threads and worker processes (a lock file beside it)."""
+        from filelock import FileLock
+
+        return FileLock(os.path.join(self._datastore.image_path(), f".{image_id}.lock"))
+
+    def series_dir(self, image_id: str) -> str:
+        """Folder of the downloaded instances of a series (fetched once, completely, on first use)."""
+        from monailabel.datastore.utils.dicom import dicom_web_download_series
+
+        image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        with self._series_lock(image_id):
+            if not os.path.isdir(image_dir) or not os.listdir(image_dir):
+                # download beside it and rename: a failed or concurrent fetch never leaves half a series
+                part = tempfile.mkdtemp(prefix=f".{image_id}.part-", dir=os.path.dirname(image_dir))
+                try:
+                    dicom_web_download_series(None, image_id, part, self._client, self._fetch_by_frame)
+                    if os.path.isdir(image_dir):
+                        shutil.rmtree(image_dir)
+                    os.replace(part, image_dir)
+                finally:
+                    shutil.rmtree(part, ignore_errors=True)
+        return image_dir
+
+    def get_image_uri(self, image_id: str) -> str:
+        from medseg.io import load_image, save_nifti
+
+        image_dir = self.series_dir(image_id)
+        image_nii_gz = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        with self._series_lock(image_id):
+            if not os.path.exists(image_nii_gz):
+                image = load_image(image_dir, series_uid=image_id, dtype=None)
+                with tempfile.TemporaryDirectory(prefix="medseg-dicomweb-") as tmp:
+                    converted = os.path.join(tmp, f"{image_id}.nii.gz")
+                    save_nifti(image, converted)
+                    LocalDatastore.add_image(self, image_id, converted, self._dicom_info(image_id))
+        return image_nii_gz
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+class MedsegLabelApp(MONAILabelApp):
+    """Serves every bundle under ``<app>/model/`` (or those of ``--conf models a,b``)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.model_dir = Path(app_dir) / "model"
+        available = (
+            sorted(p.name for p in self.model_dir.iterdir() if (p / "configs" / "metadata.json").is_file())
+            if self.model_dir.is_dir()
+            else []
+        )
+        wanted = [m.strip() for m in conf.get("models", "").split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in available]
+        if unknown:
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR,
+                f"no bundle {', '.join(unknown)} under {self.model_dir} (available: {', '.join(available) or 'none'})",
+            )
+        self.bundle_names = wanted or available
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="medseg",
+            description="medseg MONAI bundles (research use only, not for diagnosis)",
+            version=medseg.__version__,
+        )
+
+    def init_infers(self):
+        infers = {}
+        for name in self.bundle_names:
+            task = MedsegInferTask(str(self.model_dir / name), self.conf)
+            if task.is_valid():
+                infers[name] = task
+            else:
+                logger.error("bundle %s cannot be served: no inference config or weights", name)
+        return infers
+
+    def init_trainers(self):
+        trainers = {}
+        for name in self.bundle_names:
+            task = MedsegTrainTask(str(self.model_dir / name), self.conf)
+            if task.is_valid():
+                trainers[name] = task
+        return trainers
+
+    def init_strategies(self):
+        return {"random": Random(), "first": First()}
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return MedsegLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def _init_dicomweb_datastore(self):
+        from dicomweb_client.session_utils import create_session_from_user_pass
+        from monailabel.datastore.dicom import DICOMwebClientX
+
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            session = create_session_from_user_pass(
+                settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+            )
+        client = DICOMwebClientX(
+            url=self.studies,
+            session=session,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
+        cache_path = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+        return MedsegDICOMWebDatastore(
+            client=client,
+            search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+            cache_path=cache_path or None,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            convert_to_nifti=True,
+        )
+
+    def _download_dcmqi_tools(self):
+        # DICOM SEG is written with highdicom (medseg.serve.dicomweb); nothing to download
+        return None

@@ -1,0 +1,291 @@
+"""Start, watch and stop the MONAI Label server of ``medseg serve`` (core venv side).
+
+The server runs in the MONAI Label venv (``workflows/label_venv.sh``) as a child process in its
+own process group, bound to 127.0.0.1; :class:`LabelServer` starts it, waits until ``GET /info/``
+answers, and stops it together with everything it started (training jobs included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from medseg.errors import ConfigError, MedsegError
+from medseg.serve.workdir import REPO_ROOT, PreparedWorkdir
+
+__all__ = [
+    "LabelServer",
+    "ServerError",
+    "find_label_python",
+    "free_port",
+    "port_is_free",
+    "LABEL_VENV_SCRIPT",
+]
+
+LABEL_VENV_SCRIPT = REPO_ROOT / "workflows" / "label_venv.sh"
+HOST = "127.0.0.1"
+
+
+class ServerError(MedsegError):
+    """The MONAI Label server did not start or stopped unexpectedly."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on ``host`` now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True when nothing listens on ``host:port`` and it can be bound."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def find_label_python(create: bool = True) -> Path:
+    """Python of the MONAI Label venv: ``$MEDSEG_LABEL_PYTHON``, else the venv of label_venv.sh.
+
+    Args:
+        create: make the venv when it does not exist yet (minutes, about 8 GB); else fail.
+
+    Raises:
+        ConfigError: no usable venv.
+    """
+    explicit = os.environ.get("MEDSEG_LABEL_PYTHON")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(f"MEDSEG_LABEL_PYTHON={explicit} does not exist")
+        return Path(explicit)
+    if not LABEL_VENV_SCRIPT.is_file():
+        raise ConfigError(
+            f"{LABEL_VENV_SCRIPT} not found: run medseg serve from a medseg checkout or set MEDSEG_LABEL_PYTHON"
+        )
+    cmd = ["bash", str(LABEL_VENV_SCRIPT)] + ([] if create else ["--path"])
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        raise ConfigError(
+            f"the MONAI Label venv is not ready ({' '.join(cmd)} exited {proc.returncode}); run workflows/label_venv.sh"
+        )
+    python = Path(lines[-1]) / "bin" / "python"
+    if not python.is_file():
+        raise ConfigError(f"{python} does not exist; run workflows/label_venv.sh")
+    return python
+
+
+class LabelServer:
+    """The MONAI Label server process for a prepared workdir.
+
+    Use as a context manager, or call :meth:`start` / :meth:`wait_ready` / :meth:`stop`.
+    ``log`` is a file that receives the server's output (None: inherit the terminal).
+    """
+
+    def __init__(
+        self,
+        python: str | os.PathLike,
+        prepared: PreparedWorkdir,
+        port: int | None = None,
+        log: str | os.PathLike | None = None,
+        infer_workers: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.python = str(python)
+        self.prepared = prepared
+        self.port = port or free_port()
+        self.log_path = Path(log) if log else None
+        self.infer_workers = infer_workers
+        self.extra_env = dict(extra_env or {})
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            self.python,
+            "-m",
+            "monailabel.main",
+            "start_server",
+            "--app",
+            str(self.prepared.app_dir),
+            "--studies",
+            self.prepared.studies,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--conf",
+            "models",
+            ",".join(self.prepared.bundles),
+            "--uvicorn_app",
+            "medseg.serve.asgi:app",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(
+            os.environ
+        )  # MONAI_LABEL_* settings of the caller (e.g. DICOMweb credentials) pass through
+        root = self.prepared.root
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        env["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(root / "dicomweb-cache")
+        env["MONAI_LABEL_DATASTORE_CACHE_PATH"] = str(root / "dicomweb-cache")
+        env["MONAI_LABEL_SESSION_PATH"] = str(root / "sessions")
+        # the stock server re-scores every image after each training run (an inference per image)
+        env["MONAI_LABEL_AUTO_UPDATE_SCORING"] = "false"
+        # series listed from a DICOMweb server: those of the served bundles' modality (stock: CT only),
+        # re-listed every minute (stock: every two hours)
+        modalities = self.modalities()
+        if len(modalities) == 1 and "MONAI_LABEL_DICOMWEB_SEARCH_FILTER" not in os.environ:
+            env["MONAI_LABEL_DICOMWEB_SEARCH_FILTER"] = json.dumps({"Modality": modalities[0]})
+        env.setdefault("MONAI_LABEL_DICOMWEB_CACHE_EXPIRY", "60")
+        if self.infer_workers:
+            env["MEDSEG_SERVE_INFER_WORKERS"] = str(self.infer_workers)
+        env.update(self.extra_env)
+        return env
+
+    def modalities(self) -> list[str]:
+        """Input modalities of the served bundles (from their metadata), e.g. ``["MR"]``."""
+        found = set()
+        for name in self.prepared.bundles:
+            meta = json.loads(
+                (self.prepared.app_dir / "model" / name / "configs" / "metadata.json").read_text()
+            )
+            modality = meta.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("modality")
+            if modality:
+                found.add(str(modality))
+        return sorted(found)
+
+    def start(self) -> LabelServer:
+        if self.process is not None:
+            raise ServerError("server already started")
+        out = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")
+            out = self._log_file
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=str(self.prepared.root),
+            env=self.environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() reaches training jobs too
+        )
+        return self
+
+    def info(self, timeout: float = 5.0) -> dict:
+        with urllib.request.urlopen(f"{self.url}/info/", timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def wait_ready(self, timeout: float = 300.0) -> dict:
+        """Wait until ``/info/`` answers; returns it.
+
+        Raises:
+            ServerError: the process exited, or did not answer within ``timeout`` seconds.
+        """
+        assert self.process is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(
+                    f"the MONAI Label server exited with code {code} before answering{self._log_hint()}"
+                )
+            try:
+                return self.info(timeout=5.0)
+            except (
+                urllib.error.URLError,
+                ConnectionError,
+                TimeoutError,
+                OSError,
+                json.JSONDecodeError,
+            ) as exc:
+                last = exc
+            time.sleep(0.5)
+        raise ServerError(
+            f"the MONAI Label server did not answer /info/ within {timeout:.0f} s ({last}){self._log_hint()}"
+        )
+
+    def _log_hint(self) -> str:
+        return f"; see {self.log_path}" if self.log_path else ""
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the server's process group, then SIGKILL what is left after ``timeout`` seconds."""
+        proc = self.process
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            # training jobs and their data loader workers live in the same group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            return proc.returncode
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+
+    def __enter__(self) -> LabelServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_foreground(server: LabelServer, ready_timeout: float = 600.0) -> int:
+    """Start the server, print the ready URL, and stop it on SIGTERM/SIGINT; returns an exit code."""
+    stopping = {"signal": None}
+
+    def on_signal(signum, frame):
+        stopping["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        server.start()
+        info = server.wait_ready(timeout=ready_timeout)
+        models = ", ".join(sorted(info.get("models", {}))) or "none"
+        print(
+            f"MONAI Label server ready at {server.url}/ (models: {models}; studies: {server.prepared.studies})",
+            flush=True,
+        )
+        print("Connect 3D Slicer's MONAI Label module to that URL. Press Ctrl-C to stop.", flush=True)
+        code = server.process.wait()
+        print(f"the MONAI Label server exited with code {code}", file=sys.stderr)
+        return 1 if code else 0
+    except KeyboardInterrupt:
+        print("stopping the MONAI Label server ...", file=sys.stderr, flush=True)
+        return 0 if stopping["signal"] == signal.SIGTERM else 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()

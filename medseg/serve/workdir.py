@@ -1,0 +1,399 @@
+"""The working folder of ``medseg serve``: served bundle copies and a datastore mirrored from the studies.
+
+Layout of ``WORKDIR``::
+
+    app/                   the MONAI Label app (main.py from workflows/label/app/)
+    app/model/<bundle>/    served copy of bundles/<bundle> (configs, docs, LICENSE, models/model.pt);
+                           /train adds models/model-ftNNN-<time>.pt and never touches model.pt
+    datastore/             MONAI Label local datastore: images (symbolic links to the studies, or
+                           NIfTI converted from their DICOM series) and labels/final/ (copies)
+    dicomweb-cache/        cache of series fetched from a DICOMweb server
+    serve.json             what was prepared last (bundles, studies, counts, skipped inputs)
+
+Nothing is ever written into the studies source: images are linked (the server's datastore
+replaces a link rather than writing through it), labels are copied, DICOM series are converted
+into the workdir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from medseg.bundle.core import Bundle, open_bundle
+from medseg.errors import BundleError, ConfigError, InputError, MedsegError
+
+__all__ = [
+    "PreparedWorkdir",
+    "MirrorReport",
+    "REPO_ROOT",
+    "default_workdir",
+    "discover_bundles",
+    "is_dicomweb_url",
+    "mirror_studies",
+    "prepare_workdir",
+    "sync_bundle",
+    "file_sha256",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APP_TEMPLATE = REPO_ROOT / "workflows" / "label" / "app" / "main.py"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+SHIPPED_BUNDLE_PARTS = ("configs", "docs", "LICENSE")
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def default_workdir() -> Path:
+    """``$XDG_CACHE_HOME/medseg/serve`` (``~/.cache/medseg/serve``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "medseg" / "serve"
+
+
+def is_dicomweb_url(studies: str | os.PathLike | None) -> bool:
+    return isinstance(studies, str) and studies.startswith(("http://", "https://"))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        for block in iter(lambda: fp.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def discover_bundles(bundles_root: str | os.PathLike, names: list[str] | None = None) -> list[Bundle]:
+    """The bundles to serve: ``names`` under ``bundles_root``, or every bundle folder there.
+
+    Raises:
+        BundleError: a named bundle is missing, or there is none at all.
+    """
+    root = Path(bundles_root)
+    if names:
+        bundles = []
+        for name in names:
+            if not _ID_UNSAFE.sub("", name) == name or name in (".", ".."):
+                raise ConfigError(f"bundle name {name!r} must be a folder name under {root}")
+            path = root / name
+            if not (path / "configs" / "metadata.json").is_file():
+                available = ", ".join(b.name for b in discover_bundles(root)) if root.is_dir() else "none"
+                raise BundleError(f"no bundle {name!r} in {root} (available: {available})")
+            bundles.append(open_bundle(path))
+        return bundles
+    if not root.is_dir():
+        raise BundleError(f"bundle folder {root} not found; give --bundles-dir")
+    found = [open_bundle(p) for p in sorted(root.iterdir()) if (p / "configs" / "metadata.json").is_file()]
+    if not found:
+        raise BundleError(f"no MONAI bundle (folder with configs/metadata.json) in {root}")
+    bundles = [b for b in found if b.weights.is_file()]
+    for bundle in found:
+        if not bundle.weights.is_file():
+            logger.warning("not serving bundle %s: it has no models/model.pt yet", bundle.name)
+    if not bundles:
+        raise BundleError(f"no bundle in {root} has trained weights (models/model.pt) to serve")
+    return bundles
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dest)
+
+
+def sync_bundle(bundle: Bundle, model_root: Path) -> Path:
+    """Make ``model_root/<bundle>`` a served copy of ``bundle``; returns its folder.
+
+    Configs, docs and LICENSE are replaced by the shipped ones; ``models/model.pt`` is copied (not
+    linked, so nothing the server does can reach the shipped file) when it differs. Fine-tuned
+    versions (``models/model-ft*.pt``) from earlier runs are kept.
+
+    Raises:
+        BundleError: the bundle has no ``models/model.pt``.
+    """
+    if not bundle.weights.is_file():
+        raise BundleError(
+            f"bundle {bundle.name} has no models/model.pt to serve; train it first "
+            f"(medseg train {bundle.root}) or leave it out with --bundles"
+        )
+    dest = model_root / bundle.name
+    (dest / "models").mkdir(parents=True, exist_ok=True)
+    for part in SHIPPED_BUNDLE_PARTS:
+        src = bundle.root / part
+        target = dest / part
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        if src.is_dir():
+            shutil.copytree(src, target)
+        elif src.is_file():
+            shutil.copy2(src, target)
+    served = dest / "models" / "model.pt"
+    shipped_hash = file_sha256(bundle.weights)
+    if not served.is_file() or file_sha256(served) != shipped_hash:
+        _atomic_copy(bundle.weights, served)
+    (dest / "medseg-source.json").write_text(
+        json.dumps(
+            {"source": str(bundle.root), "model_sha256": shipped_hash, "version": bundle.version}, indent=2
+        )
+    )
+    return dest
+
+
+@dataclass
+class MirrorReport:
+    """What :func:`mirror_studies` put into the datastore."""
+
+    images: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _image_id(name: str) -> str:
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _image_suffix(name: str) -> str | None:
+    lower = name.lower()
+    return next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), None)
+
+
+def _safe_id(text: str) -> str:
+    return _ID_UNSAFE.sub("_", text).strip("_") or "image"
+
+
+def _place_link(src: Path, dest: Path) -> None:
+    if dest.is_symlink() or dest.exists():
+        if dest.is_symlink() and os.readlink(dest) == str(src):
+            return
+        dest.unlink()
+    os.symlink(src, dest)
+
+
+def _place_copy(src: Path, dest: Path) -> None:
+    if dest.is_symlink():
+        dest.unlink()
+    if dest.is_file() and dest.stat().st_size == src.stat().st_size and file_sha256(dest) == file_sha256(src):
+        return
+    _atomic_copy(src, dest)
+
+
+def _is_msd_task(folder: Path) -> bool:
+    return (folder / "dataset.json").is_file() and (folder / "imagesTr").is_dir()
+
+
+def _mirror_msd(src: Path, datastore: Path, report: MirrorReport) -> None:
+    labels_dir = datastore / "labels" / "final"
+    for sub in ("imagesTr", "imagesTs"):
+        folder = src / sub
+        if not folder.is_dir():
+            continue
+        for image in sorted(folder.iterdir()):
+            suffix = _image_suffix(image.name)
+            if suffix is None or image.name.startswith("."):
+                continue
+            image_id = _image_id(image.name)
+            _place_link(image.resolve(), datastore / f"{image_id}{suffix}")
+            report.images.append(image_id)
+            label = src / "labelsTr" / image.name
+            if sub == "imagesTr" and label.is_file():
+                labels_dir.mkdir(parents=True, exist_ok=True)
+                # a copy, never a link: a label saved from a client replaces this file in place
+                _place_copy(label, labels_dir / f"{image_id}{suffix}")
+                report.labels.append(image_id)
+
+
+def _mirror_folder(src: Path, datastore: Path, report: MirrorReport) -> None:
+    from medseg.io import load_image, save_nifti
+    from medseg.io.dicom import is_dicom_file, scan_folder
+
+    dicom_seen = False
+    used: set[str] = set(report.images)
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            suffix = _image_suffix(filename)
+            if filename.startswith("."):
+                continue
+            if suffix is not None:
+                rel = path.relative_to(src)
+                image_id = _safe_id(_image_id(str(rel).replace(os.sep, "_")))
+                if image_id in used:
+                    report.skipped.append(f"{path}: image id {image_id} already used")
+                    continue
+                used.add(image_id)
+                _place_link(path.resolve(), datastore / f"{image_id}{suffix}")
+                report.images.append(image_id)
+            elif not dicom_seen and is_dicom_file(path):
+                dicom_seen = True
+    if not dicom_seen:
+        return
+    scan = scan_folder(src)
+    for bad in scan.unreadable:
+        report.skipped.append(f"{bad.path}: {bad.reason}")
+    converted_dir = datastore
+    for series in scan.series:
+        info = series.info
+        first = Path(info.files[0]).parent if info.files else src
+        rel = first.relative_to(src) if first != src else Path(src.name)
+        if not info.image:
+            report.skipped.append(f"{rel}: series {info.summary()} is not an image series")
+            continue
+        base = _safe_id(str(rel).replace(os.sep, "_"))
+        same_folder = [
+            s for s in scan.series if s.info.image and s.info.files and Path(s.info.files[0]).parent == first
+        ]
+        image_id = base if len(same_folder) == 1 else f"{base}_{info.uid.rsplit('.', 1)[-1]}"
+        if image_id in used:
+            image_id = f"{image_id}_{hashlib.sha1(info.uid.encode()).hexdigest()[:8]}"
+        used.add(image_id)
+        out = converted_dir / f"{image_id}.nii.gz"
+        stamp = converted_dir / ".converted" / f"{image_id}.json"
+        key = {
+            "series_uid": info.uid,
+            "files": len(info.files),
+            "mtime": max(os.path.getmtime(f) for f in info.files),
+        }
+        if out.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
+            report.images.append(image_id)
+            report.converted.append(image_id)
+            continue
+        try:
+            image = load_image(first if len(same_folder) == 1 else src, series_uid=info.uid, dtype=None)
+        except MedsegError as exc:
+            report.skipped.append(f"{rel}: {exc}")
+            continue
+        save_nifti(image, out)
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(json.dumps(key))
+        report.images.append(image_id)
+        report.converted.append(image_id)
+
+
+def mirror_studies(studies: str | os.PathLike, datastore: str | os.PathLike) -> MirrorReport:
+    """Mirror a local studies folder into a MONAI Label datastore folder without writing into it.
+
+    * an MSD task folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``): images are linked, labels
+      copied into ``labels/final/`` so that ``/train`` has data;
+    * any other folder: NIfTI/NRRD files are linked (ids from their relative paths), DICOM series
+      are validated and converted to NIfTI (ids from their folders); series that fail validation
+      are skipped and reported.
+
+    Links and converted files of earlier runs that no longer match the source are removed.
+
+    Raises:
+        InputError: the folder does not exist or holds no image at all.
+    """
+    src = Path(studies).resolve()
+    store = Path(datastore)
+    if not src.is_dir():
+        raise InputError(f"studies folder {src} does not exist; give a folder of images or a DICOMweb URL")
+    if store.resolve() == src or src in store.resolve().parents:
+        raise ConfigError(f"the workdir datastore {store} must not lie inside the studies folder {src}")
+    store.mkdir(parents=True, exist_ok=True)
+    report = MirrorReport()
+    if _is_msd_task(src):
+        _mirror_msd(src, store, report)
+    else:
+        _mirror_folder(src, store, report)
+    if not report.images:
+        raise InputError(
+            f"no image in {src}: give a folder with NIfTI/NRRD files or DICOM series, or an MSD task folder"
+        )
+    # drop what an earlier run mirrored and the source no longer has: our links and conversions only,
+    # never a file a client added through the API
+    keep = set(report.images)
+    for entry in store.iterdir():
+        suffix = _image_suffix(entry.name)
+        if not suffix or _image_id(entry.name) in keep:
+            continue
+        stamp = store / ".converted" / f"{_image_id(entry.name)}.json"
+        if entry.is_symlink():
+            entry.unlink()
+        elif entry.is_file() and stamp.is_file():
+            entry.unlink()
+            stamp.unlink()
+    return report
+
+
+@dataclass
+class PreparedWorkdir:
+    """What :func:`prepare_workdir` made; ``studies`` is what the server gets (folder or URL)."""
+
+    root: Path
+    app_dir: Path
+    studies: str
+    bundles: list[str]
+    report: MirrorReport | None = None
+
+    def to_json(self) -> dict:
+        out = {
+            "root": str(self.root),
+            "app_dir": str(self.app_dir),
+            "studies": self.studies,
+            "bundles": self.bundles,
+        }
+        if self.report is not None:
+            out["report"] = asdict(self.report)
+        return out
+
+
+def prepare_workdir(
+    workdir: str | os.PathLike,
+    studies: str | os.PathLike | None,
+    bundles: list[Bundle],
+) -> PreparedWorkdir:
+    """Create or refresh the workdir: app, served bundle copies, datastore.
+
+    Args:
+        workdir: the working folder (created when missing).
+        studies: a local folder, a DICOMweb URL, or None for an empty datastore in the workdir.
+        bundles: the bundles to serve.
+    """
+    root = Path(workdir).resolve()
+    app_dir = root / "app"
+    model_root = app_dir / "model"
+    model_root.mkdir(parents=True, exist_ok=True)
+    if not APP_TEMPLATE.is_file():
+        raise ConfigError(
+            f"MONAI Label app {APP_TEMPLATE} not found: run medseg serve from a medseg checkout"
+        )
+    shutil.copy2(APP_TEMPLATE, app_dir / "main.py")
+    served = [sync_bundle(b, model_root).name for b in bundles]
+    for stale in model_root.iterdir():
+        if stale.is_dir() and stale.name not in served:
+            # bundles not served this time stay on disk (their fine-tuned versions too), unlisted
+            logger.info("not serving %s this time (left in %s)", stale.name, stale)
+    report = None
+    if is_dicomweb_url(studies):
+        studies_for_server = str(studies).rstrip("/")
+        (root / "dicomweb-cache").mkdir(exist_ok=True)
+    else:
+        datastore = root / "datastore"
+        if studies is None:
+            datastore.mkdir(exist_ok=True)
+        else:
+            report = mirror_studies(studies, datastore)
+        studies_for_server = str(datastore)
+    prepared = PreparedWorkdir(
+        root=root, app_dir=app_dir, studies=studies_for_server, bundles=served, report=report
+    )
+    state = prepared.to_json()
+    state["source"] = None if studies is None else str(studies)
+    state["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    (root / "serve.json").write_text(json.dumps(state, indent=2))
+    return prepared

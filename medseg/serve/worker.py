@@ -1,0 +1,136 @@
+"""Inference worker processes of the medseg MONAI Label server (MONAI Label venv only).
+
+``medseg.serve.asgi`` runs every inference in a pool of worker processes (spawned, each with its
+own MONAI Label app instance built from the same settings), not in threads of the server: a
+thread doing inference holds Python's GIL in its transforms, and on a busy machine the operating
+system can deschedule it while it holds it, so the event loop (``/info/``, the datastore,
+training status) would stall behind it. Processes share nothing but the files on disk.
+
+Errors cross the process boundary as :class:`JobError` (status, detail): 4xx for what the
+request got wrong, 500 for the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import traceback
+from typing import Any
+
+__all__ = ["JobError", "error_status", "init", "ping", "infer_job"]
+
+logger = logging.getLogger("medseg.serve.worker")
+
+_instance = None
+
+
+class JobError(Exception):
+    """A failed job: HTTP status and message (picklable)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+
+
+def error_status(exc: BaseException) -> tuple[int, str] | None:
+    """4xx status and message for an error caused by the request, found anywhere in the cause chain."""
+    from monailabel.interfaces.exception import ImageNotFoundException, MONAILabelError, MONAILabelException
+
+    from medseg.errors import MedsegError
+
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, JobError):
+            return current.status, current.detail
+        if isinstance(current, ImageNotFoundException):
+            return 404, current.msg
+        if isinstance(current, MONAILabelException) and current.error == MONAILabelError.INVALID_INPUT:
+            return 400, current.msg
+        if isinstance(current, MedsegError):
+            return 422, str(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def init() -> None:
+    """Process initializer: build this worker's app instance from the server's settings."""
+    global _instance
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s] [%(process)s] [%(threadName)s] [%(levelname)s] (%(name)s:%(lineno)d) - %(message)s",
+    )
+    from monailabel.interfaces.utils.app import app_instance
+
+    _instance = app_instance()
+
+
+def ping() -> int:
+    """Starts a worker (and its app) ahead of the first request."""
+    return os.getpid()
+
+
+def check_image_file(path: str, name: str) -> None:
+    """Read an upload once with medseg's strict loader; JobError 422 with the reason when unusable."""
+    from medseg.errors import InputError
+    from medseg.io.image import read_image
+
+    try:
+        array, _ = read_image(path)
+    except InputError as exc:
+        # name the upload as the client knows it, not by the server's temporary file
+        raise JobError(422, str(exc).replace(path, repr(name))) from None
+    except Exception as exc:  # noqa: BLE001 - nibabel/gzip/pynrrd errors for a damaged file
+        reason = f"{type(exc).__name__}: {exc}".replace(path, repr(name))
+        raise JobError(422, f"{name!r} is not a readable image ({reason})") from None
+    if array.ndim != 3:
+        raise JobError(422, f"{name!r} has {array.ndim} dimensions; the models need a 3-D image")
+
+
+def _infer(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, params: dict) -> dict:
+    instance = _instance
+    if upload is not None:
+        check_image_file(*upload)
+    result = instance.infer(request)
+    if result is None:
+        raise JobError(500, "inference returned no result")
+    if dicom_seg:
+        import pydicom
+
+        from medseg.serve.dicomseg import label_file_to_seg
+
+        datastore = instance.datastore()
+        task = instance._infers[request["model"]]
+        fd, seg_path = tempfile.mkstemp(prefix="medseg-seg-", suffix=".dcm")
+        os.close(fd)
+        result["dicom_seg"] = seg_path
+        uids = label_file_to_seg(
+            result.get("file") or result.get("label"),
+            datastore.series_dir(request["image"]),
+            seg_path,
+            bundle_path=task.bundle_path,
+            weights=(result.get("params") or {}).get("weights", ""),
+        )
+        result["seg_series_uid"] = uids["series_instance_uid"]
+        result["stored"] = False
+        if params.get("store"):
+            datastore._client.store_instances(datasets=[pydicom.dcmread(seg_path)])
+            result["stored"] = True
+    return result
+
+
+def infer_job(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, params: dict) -> dict[str, Any]:
+    """Run one inference request; returns MONAI Label's result dict (files stay on disk)."""
+    try:
+        return _infer(request, upload, dicom_seg, params)
+    except JobError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure goes back as a picklable JobError
+        mapped = error_status(exc)
+        if mapped is not None:
+            raise JobError(*mapped) from None
+        logger.error("inference with %s failed:\n%s", request.get("model"), traceback.format_exc())
+        raise JobError(500, f"inference failed: {type(exc).__name__}: {exc}") from None
