@@ -378,7 +378,7 @@ def main() -> int:
         print(f"the CT series {ct} is missing; set --data or MEDSEG_DATA_DIR", file=sys.stderr)
         return 2
     python = sys.executable
-    results: dict = {"machine": machine(), "input": f"{ct} (512x512x139 CT)", "note": args.note}
+    results: dict = {"machine": machine(), "input": "dicom/ct-chest in the data folder (512x512x139 CT)", "note": args.note}
     before, children_before = _cpu_counters(), os.times()
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
         work = Path(tmp)
