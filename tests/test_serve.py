@@ -258,13 +258,13 @@ def test_20_concurrent_infers_succeed_and_info_stays_responsive(served, cases):
     shapes = {read_nifti_bytes(body)[0].shape for _, body, _ in results}
     assert len(shapes) == 1
     assert latencies, "the batch finished before /info/ could be timed"
-    # A server whose event loop ran inference would answer /info/ only between inferences (seconds each,
-    # for almost every sample). 95 % of the answers must come within 0.5 s; the max bound leaves room
-    # for the odd scheduler delay of a machine that is busy with other work (CI runs the suite alone).
+    # A server whose event loop ran inference would answer /info/ only between inferences (seconds each).
+    # Every answer must come within 0.5 s (CI runs the suite alone; quiet-machine max was about 20 ms).
     ordered = sorted(latencies)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-    assert p95 < 0.5, f"/info/ 95th percentile {p95:.2f} s while inference ran ({len(latencies)} samples)"
-    assert ordered[-1] < 2.0, f"/info/ took up to {ordered[-1]:.2f} s while inference ran"
+    assert ordered[-1] < 0.5, (
+        f"/info/ took up to {ordered[-1]:.2f} s (p95 {p95:.3f} s, {len(latencies)} samples) while inference ran"
+    )
     assert served["server"].process.poll() is None
 
 

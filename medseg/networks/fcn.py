@@ -12,9 +12,8 @@ and the head upsamples the fused stride-8 scores 8x with fixed (bi/tri)linear
 interpolation. As in the paper, the skip score layers are zero-initialised so training
 starts from the FCN-32s prediction. Differences: normalisation after each encoder
 convolution (the paper has none; it trained from ImageNet VGG16), modest widths, no
-ImageNet weights, and "fc6" is a 3x3
-instead of a 7x7 convolution (a 7x7x7 kernel on a 2x2x2 stride-32 map would be mostly
-padding).
+ImageNet weights, and "fc6" is a 3x3 instead of a 7x7 convolution (a 7x7x7 kernel on a
+2x2x2 stride-32 map would be mostly padding).
 """
 
 from __future__ import annotations
