@@ -11,8 +11,10 @@ Public API:
 from medseg.io.dicom import SeriesInfo, read_dicom, scan_folder, scan_series
 from medseg.io.image import load_image, read_image, save_nifti
 from medseg.io.reader import MedsegReader
+from medseg.io.transforms import LoadImaged
 
 __all__ = [
+    "LoadImaged",
     "load_image",
     "read_image",
     "read_dicom",
