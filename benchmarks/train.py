@@ -1,0 +1,228 @@
+"""Time-to-accuracy: medseg's hippocampus_unet3d recipe against the plain MONAI spleen-style recipe.
+
+Both run through the same bundle machinery (`bundles/hippocampus_unet3d/configs/train.json`,
+folds 1-4 train, fold 0 validates every epoch), side by side in one run on the same machine,
+each in its own subprocess. The baseline is the model zoo's spleen_ct_segmentation train.json
+pattern adapted only in patch size: UNet 16..256 (strides 2,2,2,2, batch norm), Dice-CE
+(include_background false, squared_pred, batch), Novograd 2e-3 without schedule, random
+32x48x32 crops by positive/negative label (4 samples per image), batch 2, sliding-window
+validation at the crop size (plus the padding
+to the crop size that these small crops need). Both normalise each image on its own (MR; no CT window).
+
+Measured per recipe: wall time from the start of training until the fold-0 mean Dice first
+reaches the target, training iterations and samples per second, and peak RSS.
+
+    python benchmarks/train.py [--target 0.85] [--cap-minutes 30] [--out benchmarks/results/train.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "hippocampus_unet3d"
+
+BASELINE_OVERRIDES = {
+    "network_def": {
+        "_target_": "monai.networks.nets.UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": "@num_classes",
+        "channels": [16, 32, 64, 128, 256],
+        "strides": [2, 2, 2, 2],
+        "num_res_units": 2,
+        "norm": "batch",
+    },
+    "loss": {
+        "_target_": "DiceCELoss",
+        "include_background": False,
+        "to_onehot_y": True,
+        "softmax": True,
+        "squared_pred": True,
+        "batch": True,
+        "smooth_nr": 1e-05,
+        "smooth_dr": 1e-05,
+    },
+    "optimizer": {"_target_": "monai.optimizers.Novograd", "params": "$@network.parameters()", "lr": 0.002},
+    "lr_scheduler": {
+        "_target_": "torch.optim.lr_scheduler.LambdaLR",
+        "optimizer": "@optimizer",
+        "lr_lambda": "$lambda step: 1.0",
+    },
+    "roi_size": [32, 48, 32],
+    "batch_size": 2,
+    "train#random_transforms": [
+        # Some hippocampus crops are smaller than the patch (24 slices): pad first, as any user must.
+        {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": "@roi_size"},
+        {
+            "_target_": "RandCropByPosNegLabeld",
+            "keys": ["image", "label"],
+            "label_key": "label",
+            "spatial_size": "@roi_size",
+            "pos": 1,
+            "neg": 1,
+            "num_samples": 4,
+            "image_key": "image",
+            "image_threshold": 0,
+        }
+    ],
+}
+
+
+def run_recipe(name: str, target: float, cap_minutes: float, out_dir: Path) -> dict:
+    """Train one recipe until the target Dice or the cap; runs inside its own process."""
+    from ignite.engine import Events
+
+    from medseg.bundle import open_bundle, run_workflow
+
+    overrides = dict(BASELINE_OVERRIDES) if name == "spleen-style baseline" else {}
+    overrides.update(
+        output_dir=str(out_dir),
+        ckpt_dir=str(out_dir / "models"),
+        val_interval=1,
+        max_epochs=1000 if name != "medseg hippocampus_unet3d" else 120,
+        progress=False,
+    )
+    workflow = run_workflow(open_bundle(BUNDLE), ["train.json"], run=False, **overrides)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    state = {
+        "start": None,
+        "reached_s": None,
+        "reached_epoch": None,
+        "best": 0.0,
+        "iterations": 0,
+        "samples": 0,
+    }
+
+    @trainer.on(Events.STARTED)
+    def _start(engine) -> None:
+        state["start"] = time.perf_counter()
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _count(engine) -> None:
+        state["iterations"] += 1
+        batch = engine.state.batch
+        state["samples"] += len(batch) if isinstance(batch, list) else int(batch["image"].shape[0])
+        if time.perf_counter() - state["start"] > cap_minutes * 60:
+            engine.terminate()
+
+    @evaluator.on(Events.COMPLETED)
+    def _check(engine) -> None:
+        dice = float(engine.state.metrics["val_mean_dice"])
+        state["best"] = max(state["best"], dice)
+        if dice >= target and state["reached_s"] is None:
+            state["reached_s"] = time.perf_counter() - state["start"]
+            state["reached_epoch"] = trainer.state.epoch
+            trainer.terminate()
+
+    workflow.run()
+    elapsed = time.perf_counter() - state["start"]
+    return {
+        "recipe": name,
+        "target": target,
+        "minutes_to_target": None if state["reached_s"] is None else state["reached_s"] / 60,
+        "epoch_reached": state["reached_epoch"],
+        "best_dice": state["best"],
+        "train_minutes": elapsed / 60,
+        "iterations_per_s": state["iterations"] / elapsed,
+        "samples_per_s": state["samples"] / elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--target", type=float, default=0.85)
+    parser.add_argument("--cap-minutes", type=float, default=30.0)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train.json"))
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--recipe", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="medseg-train-bench-"))
+    if args.recipe:  # child process: one recipe, result as JSON on the last line
+        result = run_recipe(args.recipe, args.target, args.cap_minutes, work)
+        print(json.dumps(result))
+        return
+
+    results = []
+    for index, recipe in enumerate(["medseg hippocampus_unet3d", "spleen-style baseline"]):
+        command = [
+            sys.executable,
+            __file__,
+            "--recipe",
+            recipe,
+            "--target",
+            str(args.target),
+            "--cap-minutes",
+            str(args.cap_minutes),
+            "--work",
+            str(work / f"run{index}"),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"{recipe} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    machine = f"{cpu}, {os.cpu_count()} logical CPUs, no GPU" if not _cuda() else f"{cpu}, CUDA"
+    ours, base = results
+    speedup = (
+        base["minutes_to_target"] / ours["minutes_to_target"]
+        if ours["minutes_to_target"] and base["minutes_to_target"]
+        else None
+    )
+    lines = [
+        f"Time to fold-0 mean Dice {args.target} (validation every epoch), machine: {machine}.",
+        "",
+        "| recipe | minutes to target | epoch | best Dice seen | iterations/s | samples/s | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        minutes = "not reached" if r["minutes_to_target"] is None else f"{r['minutes_to_target']:.2f}"
+        lines.append(
+            f"| {r['recipe']} | {minutes} | {r['epoch_reached'] or '-'} | {r['best_dice']:.4f} | "
+            f"{r['iterations_per_s']:.2f} | {r['samples_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    if speedup:
+        lines += ["", f"medseg reaches {args.target} {speedup:.2f}x faster than the baseline."]
+    print("\n".join(lines))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"machine": machine, "results": results, "speedup": speedup, "markdown": "\n".join(lines)},
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()
