@@ -14,7 +14,9 @@ weights and one set of settings for all three:
 2. ``medseg segment`` on the same series and bundle (``--force``: the random CT network is not a
    real bundle; it writes the NIfTI, the DICOM SEG, the overlay and the report);
 3. the floor: the network forward alone over the same windows (as many batches of 4 96^3 windows
-   as the sliding window runs on the network grid of (2)), no reading, resampling or writing.
+   as the sliding window runs on the network grid of (2)), no reading, resampling or writing;
+   3b. the same with channels-last tensors, the layout ``medseg segment`` runs CPU networks in
+   (its work is also compared with this faster floor).
 
 Each runs in its own subprocess; wall time and peak RSS are taken from ``os.wait4`` of that child.
 For (2) the report's stage timings give the work after start-up (reading the series to the last
@@ -215,7 +217,7 @@ def measure(command: list[str], cwd: Path | None = None) -> dict:
     return result
 
 
-def floor(bundle: Path, grid: list[int]) -> None:
+def floor(bundle: Path, grid: list[int], channels_last: bool = False) -> None:
     """(3) in a child: the network forward over the windows a sliding window needs on ``grid``."""
     import torch
     from monai.bundle import ConfigParser
@@ -231,6 +233,9 @@ def floor(bundle: Path, grid: list[int]) -> None:
     windows = len(dense_patch_slices(size, ROI, scan))
     torch.manual_seed(0)
     batch = torch.rand(SW_BATCH, 1, *ROI)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+        batch = batch.contiguous(memory_format=torch.channels_last_3d)
     start = time.perf_counter()
     with torch.inference_mode():
         for first in range(0, windows, SW_BATCH):
@@ -265,6 +270,7 @@ def markdown(results: dict) -> str:
     ours = [r["medseg_segment"]["wall_s"] for r in rounds]
     work = [r["medseg_work_s"] for r in rounds]
     bare = [r["network_floor"]["forward_s"] for r in rounds]
+    bare_cl = [r["network_floor_channels_last"]["forward_s"] for r in rounds]
     imports = [r["import"]["wall_s"] for r in rounds]
 
     def cpu(name: str) -> str:
@@ -291,9 +297,11 @@ def markdown(results: dict) -> str:
         f"| 2. `medseg segment` (whole command: NIfTI + SEG + overlay + report) | {_spread(ours)} | "
         f"{cpu('medseg_segment')} | {rss('medseg_segment')} | {ratios['medseg_vs_monai_wall']:.2f} of (1) |",
         f"| 2a. `medseg segment` work after start-up (reading the series .. last file written) | {_spread(work)} | | | "
-        f"{ratios['medseg_work_vs_floor']:.2f} of (3) |",
+        f"{ratios['medseg_work_vs_floor']:.2f} of (3), {ratios['medseg_work_vs_channels_last_floor']:.2f} of (3b) |",
         f"| 3. network forward only over the same windows (floor) | {_spread(bare)} | {cpu('network_floor')} | "
         f"{rss('network_floor')} | |",
+        f"| 3b. the same, channels-last layout (how medseg runs it on CPU) | {_spread(bare_cl)} | "
+        f"{cpu('network_floor_channels_last')} | {rss('network_floor_channels_last')} | |",
         f"| `import torch, monai` | {_spread(imports)} | | | |",
         "",
         "medseg stage timings of the median round (s): "
@@ -336,18 +344,20 @@ def one_round(python: str, bundle: Path, ct: Path, work: Path, grid: list[int] |
     result["medseg_work_s"] = report["timings_s"]["total"]
     result["medseg_outputs_mb"] = {p.name: round(p.stat().st_size / 1e6, 2) for p in sorted(out.iterdir())}
     print("  3. network forward only", file=sys.stderr)
-    bare = measure(
-        [
-            python,
-            str(Path(__file__).resolve()),
-            "--floor",
-            str(bundle),
-            *map(str, grid or result["network_grid"]),
-        ]
-    )
-    if bare["exit_code"] != 0:
-        raise RuntimeError(f"the floor run failed:\n{bare.get('output_tail', '')}")
-    result["network_floor"] = {**bare, **json.loads(bare["_output"].strip().splitlines()[-1])}
+    for key, layout in (("network_floor", []), ("network_floor_channels_last", ["--channels-last"])):
+        bare = measure(
+            [
+                python,
+                str(Path(__file__).resolve()),
+                "--floor",
+                str(bundle),
+                *map(str, grid or result["network_grid"]),
+                *layout,
+            ]
+        )
+        if bare["exit_code"] != 0:
+            raise RuntimeError(f"the floor run failed:\n{bare.get('output_tail', '')}")
+        result[key] = {**bare, **json.loads(bare["_output"].strip().splitlines()[-1])}
     for value in result.values():
         if isinstance(value, dict):
             value.pop("_output", None)
@@ -368,9 +378,10 @@ def main() -> int:
         "--note", default="", help="a remark for the results (e.g. other work on the machine)"
     )
     parser.add_argument("--floor", nargs=4, metavar=("BUNDLE", "X", "Y", "Z"), help=argparse.SUPPRESS)
+    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor:
-        floor(Path(args.floor[0]), [int(v) for v in args.floor[1:]])
+        floor(Path(args.floor[0]), [int(v) for v in args.floor[1:]], args.channels_last)
         return 0
 
     ct = Path(args.data) / "dicom" / "ct-chest"
@@ -378,9 +389,15 @@ def main() -> int:
         print(f"the CT series {ct} is missing; set --data or MEDSEG_DATA_DIR", file=sys.stderr)
         return 2
     python = sys.executable
-    results: dict = {"machine": machine(), "input": "dicom/ct-chest in the data folder (512x512x139 CT)", "note": args.note}
+    results: dict = {
+        "machine": machine(),
+        "input": "dicom/ct-chest in the data folder (512x512x139 CT)",
+        "note": args.note,
+    }
     before, children_before = _cpu_counters(), os.times()
+    tmp_used = ""
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
+        tmp_used = tmp
         work = Path(tmp)
         bundle = work / "bundle"
         make_bundle(bundle)
@@ -420,20 +437,31 @@ def main() -> int:
     ours = _median([r["medseg_segment"]["wall_s"] for r in rounds])
     work_s = _median([r["medseg_work_s"] for r in rounds])
     floor_s = _median([r["network_floor"]["forward_s"] for r in rounds])
+    floor_cl_s = _median([r["network_floor_channels_last"]["forward_s"] for r in rounds])
     results["medians_s"] = {
         "monai_bundle_run": zoo,
         "medseg_segment": ours,
         "medseg_work": work_s,
         "network_floor": floor_s,
+        "network_floor_channels_last": floor_cl_s,
     }
     results["ratios"] = {
         "medseg_vs_monai_wall": round(ours / zoo, 3),
         "medseg_work_vs_floor": round(work_s / floor_s, 3),
+        "medseg_work_vs_channels_last_floor": round(work_s / floor_cl_s, 3),
         "medseg_peak_rss_mb": max(r["medseg_segment"]["peak_rss_mb"] for r in rounds),
         "monai_peak_rss_mb": max(r["monai_bundle_run"]["peak_rss_mb"] for r in rounds),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    # machine-independent commands in the JSON: no home, checkout or temporary folder names
+    text = json.dumps(results, indent=2)
+    for path, name in (
+        (tmp_used, "$TMPDIR/medseg-bench"),
+        (str(Path(args.data).resolve()), "$DATA"),
+        (str(REPO) + "/", ""),
+    ):
+        text = text.replace(path, name) if path else text
+    Path(args.out).write_text(text + "\n")
     table = markdown(results)
     print(table)
     header = (

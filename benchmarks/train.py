@@ -5,9 +5,15 @@ folds 1-4 train, fold 0 validates every epoch), side by side in one run on the s
 each in its own subprocess. The baseline is the model zoo's spleen_ct_segmentation train.json
 pattern adapted only in patch size: UNet 16..256 (strides 2,2,2,2, batch norm), Dice-CE
 (include_background false, squared_pred, batch), Novograd 2e-3 without schedule, random
-32x48x32 crops by positive/negative label (4 samples per image), batch 2, sliding-window
-validation at the crop size (plus the padding
-to the crop size that these small crops need). Both normalise each image on its own (MR; no CT window).
+32x48x32 crops by positive/negative label (4 samples per image), batch 2, two loader worker
+processes, sliding-window validation at the crop size (plus the padding to the crop size that
+these small crops need). It runs twice: with its two loader workers and loading in the main
+process; the speed-up is taken against the faster of the two. Both recipes normalise each image
+on its own (MR; no CT window).
+
+medseg's recipe is the bundle's train.json as shipped: a light residual U-Net (16-128 channels),
+whole-crop 40x56x40 patches, batch 2, AdamW 5e-3 with cosine decay and no warm-up, batch
+Dice-CE, and an exponential moving average of the weights that is validated and saved.
 
 Measured per recipe: wall time from the start of training until the fold-0 mean Dice first
 reaches the target, training iterations and samples per second, and peak RSS.
@@ -59,6 +65,11 @@ BASELINE_OVERRIDES = {
     },
     "roi_size": [32, 48, 32],
     "batch_size": 2,
+    "max_epochs": 1000,
+    "num_workers": 2,
+    # The plain recipe: raw network validated and saved, MONAI's default batch preparation.
+    "train#ema#enabled": False,
+    "train#trainer#prepare_batch": "$monai.engines.default_prepare_batch",
     "train#random_transforms": [
         # Some hippocampus crops are smaller than the patch (24 slices): pad first, as any user must.
         {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": "@roi_size"},
@@ -72,8 +83,17 @@ BASELINE_OVERRIDES = {
             "num_samples": 4,
             "image_key": "image",
             "image_threshold": 0,
-        }
+        },
     ],
+}
+
+
+RECIPES: dict[str, dict] = {
+    "medseg hippocampus_unet3d": {},
+    "spleen-style baseline": BASELINE_OVERRIDES,
+    # The same baseline loading its data in the main process, as medseg's recipe does on CPU:
+    # on 2 cores, loader worker processes compete with the network for the CPU.
+    "spleen-style baseline, in-process loading": {**BASELINE_OVERRIDES, "num_workers": 0},
 }
 
 
@@ -83,13 +103,10 @@ def run_recipe(name: str, target: float, cap_minutes: float, out_dir: Path) -> d
 
     from medseg.bundle import open_bundle, run_workflow
 
-    overrides = dict(BASELINE_OVERRIDES) if name == "spleen-style baseline" else {}
+    overrides = dict(RECIPES[name])
+    # Both validate every epoch; everything else (epochs, schedule) is the recipe's own.
     overrides.update(
-        output_dir=str(out_dir),
-        ckpt_dir=str(out_dir / "models"),
-        val_interval=1,
-        max_epochs=1000 if name != "medseg hippocampus_unet3d" else 120,
-        progress=False,
+        output_dir=str(out_dir), ckpt_dir=str(out_dir / "models"), val_interval=1, progress=False
     )
     workflow = run_workflow(open_bundle(BUNDLE), ["train.json"], run=False, **overrides)
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -159,7 +176,7 @@ def main() -> None:
         return
 
     results = []
-    for index, recipe in enumerate(["medseg hippocampus_unet3d", "spleen-style baseline"]):
+    for index, recipe in enumerate(RECIPES):
         command = [
             sys.executable,
             __file__,
@@ -186,12 +203,10 @@ def main() -> None:
         platform.processor(),
     )
     machine = f"{cpu}, {os.cpu_count()} logical CPUs, no GPU" if not _cuda() else f"{cpu}, CUDA"
-    ours, base = results
-    speedup = (
-        base["minutes_to_target"] / ours["minutes_to_target"]
-        if ours["minutes_to_target"] and base["minutes_to_target"]
-        else None
-    )
+    ours, *baselines = results
+    # Compare against the faster of the two baseline variants.
+    reached = [b["minutes_to_target"] for b in baselines if b["minutes_to_target"]]
+    speedup = min(reached) / ours["minutes_to_target"] if ours["minutes_to_target"] and reached else None
     lines = [
         f"Time to fold-0 mean Dice {args.target} (validation every epoch), machine: {machine}.",
         "",
@@ -205,7 +220,10 @@ def main() -> None:
             f"{r['iterations_per_s']:.2f} | {r['samples_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
     if speedup:
-        lines += ["", f"medseg reaches {args.target} {speedup:.2f}x faster than the baseline."]
+        lines += [
+            "",
+            f"medseg reaches {args.target} {speedup:.2f}x faster than the faster baseline variant.",
+        ]
     print("\n".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

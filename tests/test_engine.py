@@ -111,3 +111,41 @@ def test_same_seed_same_loss_curve_and_resume(tmp_path: Path) -> None:
     assert [r["epoch"] for r in rows] == ["1", "2"]
     # The resumed run continues the checkpoint series; the newest is what a further resume loads.
     assert "checkpoint_epoch=2.pt" in os.listdir(tmp_path / "c" / "checkpoints")
+
+
+def test_model_ema_follows_the_weights_with_warmed_up_decay() -> None:
+    from medseg.engine import ModelEMA
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEMA(network, decay=0.9)
+    assert ema.averaged is not network and not any(p.requires_grad for p in ema.averaged.parameters())
+    engine = Engine(lambda engine, batch: None)
+    ema.attach(engine)
+    ema.attach(engine)  # attaching twice must not update twice
+    before = [p.detach().clone() for p in ema.averaged.parameters()]
+    with torch.no_grad():
+        for p in network.parameters():
+            p.add_(1.0)
+        network[1].running_mean.fill_(5.0)
+    engine.run([0], max_epochs=1)  # one iteration: decay min(0.9, 2 / 11)
+    weight = 1.0 - 2.0 / 11.0
+    for old, new, current in zip(before, ema.averaged.parameters(), network.parameters(), strict=True):
+        torch.testing.assert_close(new, old + weight * (current.detach() - old))
+    torch.testing.assert_close(ema.averaged[1].running_mean, torch.full((2,), 5.0))  # buffers copied
+    assert ModelEMA(network, enabled=False).averaged is network
+    with pytest.raises(ValueError):
+        ModelEMA(network, decay=1.0)
+
+
+def test_prepare_plain_batch_strips_metadata_only() -> None:
+    from monai.data import MetaTensor
+
+    from medseg.engine import prepare_plain_batch
+
+    image = MetaTensor(torch.rand(2, 1, 4, 4), meta={"filename_or_obj": ["a", "b"]})
+    label = MetaTensor(torch.ones(2, 1, 4, 4))
+    x, y = prepare_plain_batch({"image": image, "label": label}, device="cpu")
+    assert type(x) is torch.Tensor and type(y) is torch.Tensor
+    torch.testing.assert_close(x, image.as_tensor())
+    torch.testing.assert_close(y, label.as_tensor())

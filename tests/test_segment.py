@@ -26,6 +26,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from medseg.bundle import open_bundle
 from medseg.cli.main import main
 from medseg.io import load_image
 from medseg.segment import (
@@ -133,7 +134,7 @@ def test_hippocampus_series_gives_plausible_outputs(results: dict, crops: Path, 
     assert report["input"]["series_description"] == "HippoCrop"
     assert report["bundle"] == {
         "name": "hippocampus_unet3d",
-        "version": "0.1.0",
+        "version": open_bundle(BUNDLE).version,
         "task": report["bundle"]["task"],
     }
     assert report["medseg_version"] and "research use only, not for diagnosis" in report["notice"].lower()
@@ -489,3 +490,19 @@ def test_other_shipped_bundles_segment_the_crops(name: str, crops: Path, tmp_pat
     for label, volume in result.volumes_ml.items():
         low, high = VOLUME_RANGE_ML[label]
         assert low <= volume <= high, f"{name} {label}: {volume} mL"
+
+
+def test_seg_writer_failure_in_its_child_process_reaches_the_caller(
+    segmenter: Segmenter, crops: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import medseg.segment.pipeline as pipeline
+    from medseg.errors import DicomError
+
+    def broken(*args, **kwargs):
+        raise DicomError("cannot reference this series")
+
+    monkeypatch.setattr(pipeline, "write_seg", broken)
+    out = tmp_path / "out"
+    with pytest.raises(DicomError, match="cannot reference this series"):
+        segmenter.run(crops / "Study1", out)
+    assert list(out.iterdir()) == []

@@ -80,18 +80,11 @@ def format_volumes(report: dict[str, Any]) -> str:
     return ", ".join(f"{row['name']} {row['volume_ml']:.2f} mL" for row in report["labels"])
 
 
-def run(args: argparse.Namespace) -> int:
-    """Segment ``args.input``; returns 0, or 1 when inputs of a batch failed."""
-    from medseg.errors import ConfigError
+def _segment(args: argparse.Namespace, output: Path) -> Any:
     from medseg.segment import segment
 
-    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
-        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output} exists and is not a folder")
     with quiet_libraries(getattr(args, "verbose", False)):
-        result = segment(
+        return segment(
             args.input,
             args.bundle,
             output,
@@ -102,6 +95,25 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             progress=not args.no_progress,
         )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment ``args.input``; returns 0, or 1 when inputs of a batch failed."""
+    from medseg.errors import ConfigError
+    from medseg.io import prefetch
+
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} exists and is not a folder")
+    # read the input on the other core while torch and MONAI are imported (a batch folder
+    # fails to read as one image: then the prefetch is simply not used)
+    prefetch.start(args.input, args.series)
+    try:
+        result = _segment(args, output)
+    finally:
+        prefetch.cancel()
     for name, res in result.results.items():
         where = res.output_dir
         uid = res.report["input"].get("series_uid")

@@ -5,10 +5,12 @@ configs; this package adds the handlers MONAI lacks (atomic checkpoints, resume,
 CSV log, training-curve plot, progress bar) and runs bundles for the CLI.
 """
 
+from medseg.engine.batch import prepare_plain_batch
 from medseg.engine.handlers import (
     AtomicCheckpointSaver,
     CaseLog,
     CSVLogger,
+    ModelEMA,
     ProgressBar,
     ResumeFromLatest,
     TrainingCurvePlot,
@@ -18,7 +20,9 @@ __all__ = [
     "AtomicCheckpointSaver",
     "CaseLog",
     "CSVLogger",
+    "ModelEMA",
     "ProgressBar",
     "ResumeFromLatest",
     "TrainingCurvePlot",
+    "prepare_plain_batch",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -21,6 +22,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "CaseLog",
     "CSVLogger",
+    "ModelEMA",
     "ProgressBar",
     "ResumeFromLatest",
     "TrainingCurvePlot",
@@ -90,6 +92,53 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 
 _EPOCH_CKPT = re.compile(r"epoch=(\d+)\.pt$")
+
+
+class ModelEMA:
+    """Exponential moving average of a network's weights, updated after every training iteration.
+
+    Validate and save ``averaged`` instead of the raw network: the average smooths out the
+    step-to-step noise of a high learning rate, so the validated model is better early in
+    training and at the end (Polyak averaging, as in timm's ``ModelEmaV2``). The decay warms up
+    as ``min(decay, (1 + t) / (10 + t))`` at iteration ``t`` so that the first epochs are not
+    dominated by the random initial weights; ``t`` comes from the trainer's state, so a resumed
+    run continues the same schedule.
+
+    Args:
+        network: the trained network (a ``DistributedDataParallel`` wrapper is unwrapped).
+        decay: the largest decay per iteration; ``1 - decay`` is the weight of the newest weights.
+        enabled: when false, ``averaged`` is the trained network itself and nothing is updated.
+    """
+
+    def __init__(self, network: torch.nn.Module, decay: float = 0.99, enabled: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.network = getattr(network, "module", network)
+        self.decay = decay
+        self.enabled = enabled
+        if enabled:
+            self.averaged = copy.deepcopy(self.network).eval()
+            self.averaged.requires_grad_(False)
+        else:
+            self.averaged = self.network
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled and not engine.has_event_handler(self.update, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+
+    @torch.no_grad()
+    def update(self, engine: Engine) -> None:
+        step = engine.state.iteration
+        decay = min(self.decay, (1.0 + step) / (10.0 + step))
+        averaged = [p for p in self.averaged.parameters()]
+        current = [p.detach() for p in self.network.parameters()]
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        # Buffers (e.g. batch-norm statistics) are copied, not averaged.
+        for mine, theirs in zip(self.averaged.buffers(), self.network.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    def __call__(self, engine: Engine) -> None:
+        self.update(engine)
 
 
 class ResumeFromLatest:

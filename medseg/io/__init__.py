@@ -8,10 +8,24 @@ Public API:
 * :func:`save_nifti` -- write a MetaTensor as NIfTI, atomically, with sform and qform.
 """
 
-from medseg.io.dicom import SeriesInfo, read_dicom, scan_folder, scan_series
-from medseg.io.image import load_image, read_image, save_nifti
-from medseg.io.reader import MedsegReader
-from medseg.io.transforms import LoadImaged
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. They are imported on first use (PEP 562), so that reading a DICOM
+# series (medseg.io.dicom: pydicom and numpy only) does not pay for importing torch and MONAI.
+_EXPORTS = {
+    "LoadImaged": "medseg.io.transforms",
+    "load_image": "medseg.io.image",
+    "read_image": "medseg.io.image",
+    "read_dicom": "medseg.io.dicom",
+    "save_nifti": "medseg.io.image",
+    "scan_series": "medseg.io.dicom",
+    "scan_folder": "medseg.io.dicom",
+    "SeriesInfo": "medseg.io.dicom",
+    "MedsegReader": "medseg.io.reader",
+}
 
 __all__ = [
     "LoadImaged",
@@ -24,3 +38,21 @@ __all__ = [
     "SeriesInfo",
     "MedsegReader",
 ]
+
+if TYPE_CHECKING:
+    from medseg.io.dicom import SeriesInfo, read_dicom, scan_folder, scan_series
+    from medseg.io.image import load_image, read_image, save_nifti
+    from medseg.io.reader import MedsegReader
+    from medseg.io.transforms import LoadImaged
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

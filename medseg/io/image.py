@@ -11,17 +11,20 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.data import MetaTensor
 from numpy.typing import DTypeLike
 
 from medseg.errors import GeometryError, InputError
+from medseg.io import prefetch
 from medseg.io.dicom import is_dicom_file, read_dicom
 from medseg.io.geometry import lps_to_ras
+
+if TYPE_CHECKING:  # torch and MONAI are imported where used: reading alone does not need them
+    import torch
+    from monai.data import MetaTensor
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -174,6 +177,9 @@ def read_image(
         series_uid: SeriesInstanceUID to pick from a folder with several DICOM series.
         decoder: DICOM pixel decoder, see :func:`medseg.io.dicom.read_dicom`.
     """
+    prefetched = prefetch.take(path, series_uid, decoder)
+    if prefetched is not None:
+        return prefetched
     kind = image_format(path)
     if kind != "dicom" and series_uid is not None:
         raise InputError(f"series_uid applies to DICOM input only, but {path} is {kind.upper()}")
@@ -207,6 +213,8 @@ def load_image(
         InputError and its subclasses DicomError, GeometryError, SeriesSelectionError with
         a one-line message saying what is wrong and what to do.
     """
+    from monai.data import MetaTensor
+
     array, meta = read_image(path, series_uid=series_uid)
     if dtype is not None:
         array = array.astype(dtype, copy=False)
@@ -214,6 +222,8 @@ def load_image(
 
 
 def _nifti_ready(image: MetaTensor | torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from monai.data import MetaTensor
+
     if isinstance(image, MetaTensor):
         affine = image.affine.detach().cpu().numpy().astype(np.float64)
         data = image.detach().cpu().numpy()

@@ -41,11 +41,13 @@ import numpy as np
 from medseg import __version__
 from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError
+from medseg.segment import background
 from medseg.segment.concepts import SegmentSpec, segment_specs
 from medseg.segment.dicom_seg import write_seg
 from medseg.segment.suitability import Suitability, check_suitability, image_geometry
 
 __all__ = [
+    "ChannelsLast",
     "OUTPUT_FILES",
     "argmax_channels",
     "SegmentResult",
@@ -201,6 +203,43 @@ def argmax_channels(scores: Any) -> Any:
     return labels
 
 
+class ChannelsLast:
+    """Call a network with channels-last (NDHWC / NHWC) activations and weights.
+
+    On CPU, oneDNN's 3-D convolutions run markedly faster on channels-last tensors than on
+    PyTorch's default contiguous layout (about 1.4x for a 3-D U-Net over 96^3 windows); the
+    results are the same up to float rounding. The output is returned in the default layout.
+    Wraps the network instead of changing it, so the bundle's module stays as it was built.
+
+    Args:
+        network: a module taking (N, C, *spatial) tensors.
+    """
+
+    def __init__(self, network: Any) -> None:
+        import torch
+
+        self.network = network
+        for tensor in itertools.chain(network.parameters(), network.buffers()):
+            layout = _channels_last_format(tensor.ndim)
+            if layout is not None:
+                tensor.data = tensor.data.contiguous(memory_format=layout)
+        self._torch = torch
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        layout = _channels_last_format(x.ndim)
+        out = self.network(x.contiguous(memory_format=layout) if layout else x, *args, **kwargs)
+        return out.contiguous() if isinstance(out, self._torch.Tensor) else out
+
+    def __getattr__(self, name: str) -> Any:  # eval(), parameters(), ... of the wrapped network
+        return getattr(self.__dict__["network"], name)
+
+
+def _channels_last_format(ndim: int) -> Any:
+    import torch
+
+    return {5: torch.channels_last_3d, 4: torch.channels_last}.get(ndim)
+
+
 def tta_flip_axes(input_format: Mapping[str, Any]) -> list[int]:
     """Spatial axes (of the network grid) along which flip TTA is valid, from ``tta_flip_axes``.
 
@@ -306,6 +345,8 @@ class Segmenter:
         overlap: sliding-window overlap (0 <= overlap < 1); None keeps the bundle's.
         sw_batch_size: windows per forward pass; None keeps the bundle's.
         config: the bundle config to read (``inference``).
+        parallel_outputs: write the DICOM SEG in a forked child process while this one writes
+            the NIfTI, overlay and report (Linux only; elsewhere they are written one by one).
 
     Raises:
         BundleError: the bundle's config, network or weights cannot be used;
@@ -320,6 +361,7 @@ class Segmenter:
         overlap: float | None = None,
         sw_batch_size: int | None = None,
         config: str = "inference",
+        parallel_outputs: bool = True,
     ) -> None:
         import torch
         from monai.bundle import ConfigParser
@@ -338,6 +380,7 @@ class Segmenter:
         if self.device.type not in ("cpu", "cuda"):
             raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
         self.tta = tta
+        self.parallel_outputs = parallel_outputs
         self.input_format: Mapping[str, Any] = (
             self.bundle.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
         )
@@ -423,7 +466,8 @@ class Segmenter:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise BundleError(f"the weights {path} do not fit the bundle's network_def ({first})") from exc
-        return network.to(self.device).eval()
+        network = network.to(self.device).eval()
+        return ChannelsLast(network) if self.device.type == "cpu" else network
 
     def _configure_inferer(self, overlap: float | None, sw_batch_size: int | None) -> None:
         import torch
@@ -614,25 +658,27 @@ class Segmenter:
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = out_dir / f".medseg-segment-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
+        seg_job = None
         try:
             files: dict[str, Path] = {}
             seg_uids: dict[str, str] = {}
+            if is_dicom:
+                # the SEG is written by a forked child while this process writes the other outputs
+                seg_job = background.start(
+                    write_seg,
+                    labelmap,
+                    meta,
+                    self.specs,
+                    staging / OUTPUT_FILES["seg"],
+                    fork=self.parallel_outputs,
+                    algorithm_name=self.bundle.name,
+                    algorithm_version=self.bundle.version,
+                    software_versions=f"medseg {__version__}",
+                )
             with timer.stage("write_nifti"):
                 files["segmentation"] = save_nifti(
                     MetaTensor(labelmap, affine=original_affine), staging / OUTPUT_FILES["segmentation"]
                 )
-            if is_dicom:
-                with timer.stage("write_seg"):
-                    seg_uids = write_seg(
-                        labelmap,
-                        meta,
-                        self.specs,
-                        staging / OUTPUT_FILES["seg"],
-                        algorithm_name=self.bundle.name,
-                        algorithm_version=self.bundle.version,
-                        software_versions=f"medseg {__version__}",
-                    )
-                files["seg"] = staging / OUTPUT_FILES["seg"]
             with timer.stage("overlay"):
                 from medseg.segment.overlay import render_overlay
 
@@ -647,6 +693,13 @@ class Segmenter:
                     + (f" | {meta.get('series_description')}" if meta.get("series_description") else ""),
                     volumes_ml={row["value"]: row["volume_ml"] for row in label_rows},
                 )
+            if seg_job is not None:
+                with timer.stage("wait_seg"):
+                    job, seg_job = seg_job, None
+                    seg_uids = job.result()
+                files["seg"] = staging / OUTPUT_FILES["seg"]
+                # the child's own time; "wait_seg" is what the parent still waited for it
+                timer.timings["write_seg"] = round(job.seconds, 4)
             timer.timings["total"] = round(time.perf_counter() - start, 4)
             report = self._report(
                 meta, geometry, original_affine, net_shape, suitability, label_rows, timer, seg_uids
@@ -659,6 +712,8 @@ class Segmenter:
                 os.replace(staged, target)
                 final[kind] = target
         finally:
+            if seg_job is not None:  # failed before the SEG was collected
+                seg_job.cancel()
             shutil.rmtree(staging, ignore_errors=True)
         return SegmentResult(output_dir=out_dir, files=final, report=report)
 

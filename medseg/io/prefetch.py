@@ -1,0 +1,120 @@
+"""Read an input image in a forked child while the parent process is still importing torch and MONAI.
+
+A one-shot command such as ``medseg segment`` spends its first seconds importing torch and MONAI
+on one core; reading and validating a DICOM series (pydicom, numpy) needs neither, so a child
+forked before those imports reads it on the other core. The parent later asks :func:`take` for
+the same ``(path, series_uid, decoder)`` and gets the child's ``(array, meta)``; if the child
+failed, was not started, or was asked for something else, ``take`` returns None and the caller
+reads the image itself -- so errors are always reported by the normal path, once.
+
+Linux only (``fork``); elsewhere :func:`start` does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["start", "take", "cancel"]
+
+logger = logging.getLogger(__name__)
+
+_pending: dict[str, Any] = {}
+
+
+def _key(path: str | os.PathLike, series_uid: str | None, decoder: str) -> tuple[str, str | None, str]:
+    return (str(Path(path).resolve()), series_uid, decoder)
+
+
+def _child(send: Any, path: str, series_uid: str | None, decoder: str, spill: str) -> None:
+    try:
+        from medseg.io.image import read_image
+
+        array, meta = read_image(path, series_uid=series_uid, decoder=decoder)
+        # The voxels go through a file in memory (tmpfs): one write and one read, where pickling
+        # a CT of a few hundred MB through the pipe costs many small copies.
+        array = np.ascontiguousarray(array)
+        array.tofile(spill)
+        send.send(("ok", (array.dtype.str, array.shape, meta)))
+    except BaseException:  # noqa: BLE001 - the parent reads again and reports the error itself
+        send.send(("failed", None))
+    finally:
+        send.close()
+
+
+def _spill_folder() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def start(path: str | os.PathLike, series_uid: str | None = None, decoder: str = "auto") -> bool:
+    """Start reading ``path`` in a forked child; returns whether a child was started.
+
+    Call it before torch is imported (a child forked from a process running torch's thread pool
+    must not use torch; this one does not, but starting early is the point anyway).
+    """
+    cancel()
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    if not Path(path).exists():
+        return False
+    handle, spill = tempfile.mkstemp(prefix="medseg-prefetch-", suffix=".raw", dir=_spill_folder())
+    os.close(handle)
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_child,
+        args=(send, str(path), series_uid, decoder, spill),
+        daemon=True,
+        name="medseg-prefetch",
+    )
+    process.start()
+    send.close()
+    _pending.update(key=_key(path, series_uid, decoder), receive=receive, process=process, spill=spill)
+    return True
+
+
+def take(
+    path: str | os.PathLike, series_uid: str | None = None, decoder: str = "auto"
+) -> tuple[Any, dict[str, Any]] | None:
+    """The prefetched ``(array, meta)`` of exactly this read, or None (then read it yourself)."""
+    if not _pending or _pending["key"] != _key(path, series_uid, decoder):
+        return None
+    receive, process, spill = _pending["receive"], _pending["process"], _pending["spill"]
+    _pending.clear()
+    try:
+        status, value = receive.recv()
+        if status == "ok":
+            dtype, shape, meta = value
+            value = (np.fromfile(spill, dtype=np.dtype(dtype)).reshape(shape), meta)
+    except (EOFError, OSError, ValueError):  # the child died (e.g. out of memory), a short file
+        status, value = "failed", None
+    finally:
+        receive.close()
+        process.join()
+        Path(spill).unlink(missing_ok=True)
+    if status != "ok":
+        logger.debug("the prefetch of %s failed; reading it again", path)
+        return None
+    logger.debug("using the prefetched read of %s", path)
+    return value
+
+
+def cancel() -> None:
+    """Drop a prefetch that will not be asked for."""
+    if not _pending:
+        return
+    receive, process, spill = _pending["receive"], _pending["process"], _pending["spill"]
+    _pending.clear()
+    if process.is_alive():
+        process.terminate()
+    process.join()
+    receive.close()
+    Path(spill).unlink(missing_ok=True)
