@@ -84,8 +84,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Create the folder first: ignite's DiskSaver checks for it and then creates it, which
+        # fails with FileExistsError when another DDP rank creates it in between.
+        save_dir = kwargs.get("save_dir", args[0] if args else None)
+        if save_dir is not None:
+            Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(*args, **kwargs)
-        Path(self.save_dir).mkdir(parents=True, exist_ok=True)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = _AtomicSaveHandler(checkpoint.save_handler)
