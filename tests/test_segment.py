@@ -506,3 +506,24 @@ def test_seg_writer_failure_in_its_child_process_reaches_the_caller(
     with pytest.raises(DicomError, match="cannot reference this series"):
         segmenter.run(crops / "Study1", out)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_network_gives_the_same_output(spatial_dims: int) -> None:
+    import torch
+
+    from medseg.networks import UNet
+    from medseg.segment.pipeline import ChannelsLast
+
+    torch.manual_seed(0)
+    network = UNet(
+        spatial_dims=spatial_dims, in_channels=1, out_channels=3, channels=[8, 16, 32], strides=[2, 2]
+    )
+    network.eval()
+    x = torch.rand(2, 1, *([24] * spatial_dims))
+    with torch.inference_mode():
+        expected = network(x)
+        wrapped = ChannelsLast(network)
+        got = wrapped(x)
+    assert got.is_contiguous() and not wrapped.training  # attributes reach the network
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
