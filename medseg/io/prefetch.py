@@ -13,14 +13,14 @@ Linux only (``fork``); elsewhere :func:`start` does nothing.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medseg import background
 
 __all__ = ["start", "take", "cancel"]
 
@@ -33,20 +33,16 @@ def _key(path: str | os.PathLike, series_uid: str | None, decoder: str) -> tuple
     return (str(Path(path).resolve()), series_uid, decoder)
 
 
-def _child(send: Any, path: str, series_uid: str | None, decoder: str, spill: str) -> None:
-    try:
-        from medseg.io.image import read_image
+def _read_and_spill(path: str, series_uid: str | None, decoder: str, spill: str) -> tuple:
+    """In the child: read the image; the voxels go to ``spill``, the rest is returned."""
+    from medseg.io.image import read_image
 
-        array, meta = read_image(path, series_uid=series_uid, decoder=decoder)
-        # The voxels go through a file in memory (tmpfs): one write and one read, where pickling
-        # a CT of a few hundred MB through the pipe costs many small copies.
-        array = np.ascontiguousarray(array)
-        array.tofile(spill)
-        send.send(("ok", (array.dtype.str, array.shape, meta)))
-    except BaseException:  # noqa: BLE001 - the parent reads again and reports the error itself
-        send.send(("failed", None))
-    finally:
-        send.close()
+    array, meta = read_image(path, series_uid=series_uid, decoder=decoder)
+    # Through a file in memory (tmpfs): one write and one read, where pickling a CT of a few
+    # hundred MB through the pipe costs many small copies.
+    array = np.ascontiguousarray(array)
+    array.tofile(spill)
+    return array.dtype.str, array.shape, meta
 
 
 def _spill_folder() -> str | None:
@@ -61,23 +57,14 @@ def start(path: str | os.PathLike, series_uid: str | None = None, decoder: str =
     must not use torch; this one does not, but starting early is the point anyway).
     """
     cancel()
-    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+    if not background.fork_available():
         return False
     if not Path(path).exists():
         return False
     handle, spill = tempfile.mkstemp(prefix="medseg-prefetch-", suffix=".raw", dir=_spill_folder())
     os.close(handle)
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_child,
-        args=(send, str(path), series_uid, decoder, spill),
-        daemon=True,
-        name="medseg-prefetch",
-    )
-    process.start()
-    send.close()
-    _pending.update(key=_key(path, series_uid, decoder), receive=receive, process=process, spill=spill)
+    job = background.start(_read_and_spill, str(path), series_uid, decoder, spill)
+    _pending.update(key=_key(path, series_uid, decoder), job=job, spill=spill)
     return True
 
 
@@ -87,18 +74,15 @@ def take(
     """The prefetched ``(array, meta)`` of exactly this read, or None (then read it yourself)."""
     if not _pending or _pending["key"] != _key(path, series_uid, decoder):
         return None
-    receive, process, spill = _pending["receive"], _pending["process"], _pending["spill"]
+    job, spill = _pending["job"], _pending["spill"]
     _pending.clear()
     try:
-        status, value = receive.recv()
-        if status == "ok":
-            dtype, shape, meta = value
-            value = (np.fromfile(spill, dtype=np.dtype(dtype)).reshape(shape), meta)
-    except (EOFError, OSError, ValueError):  # the child died (e.g. out of memory), a short file
+        dtype, shape, meta = job.result()
+        value = (np.fromfile(spill, dtype=np.dtype(dtype)).reshape(shape), meta)
+        status = "ok"
+    except Exception:  # noqa: BLE001 - unreadable input, a dead child: the caller reads it again
         status, value = "failed", None
     finally:
-        receive.close()
-        process.join()
         Path(spill).unlink(missing_ok=True)
     if status != "ok":
         logger.debug("the prefetch of %s failed; reading it again", path)
@@ -111,10 +95,7 @@ def cancel() -> None:
     """Drop a prefetch that will not be asked for."""
     if not _pending:
         return
-    receive, process, spill = _pending["receive"], _pending["process"], _pending["spill"]
+    job, spill = _pending["job"], _pending["spill"]
     _pending.clear()
-    if process.is_alive():
-        process.terminate()
-    process.join()
-    receive.close()
+    job.cancel()
     Path(spill).unlink(missing_ok=True)

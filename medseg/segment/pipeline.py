@@ -38,10 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from medseg import __version__
+from medseg import __version__, background
 from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError
-from medseg.segment import background
 from medseg.segment.concepts import SegmentSpec, segment_specs
 from medseg.segment.dicom_seg import write_seg
 from medseg.segment.suitability import Suitability, check_suitability, image_geometry

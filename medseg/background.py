@@ -1,10 +1,11 @@
-"""Run an output writer in a forked child process while the parent writes the other outputs.
+"""Run a function in a forked child process while this one goes on; collect its result later.
 
-Writing a DICOM SEG (highdicom: one frame per slice and segment) is Python-heavy work that a
-thread would serialise with the overlay and NIfTI writers on the GIL. A forked child shares
-the parent's label map copy-on-write (nothing is pickled on the way in), runs on another core
-and sends back only its small result. Where ``fork`` is not safe or not available (not Linux),
-the call simply runs in the caller's process when its result is asked for.
+For Python-heavy work that a thread would serialise on the GIL: writing a DICOM SEG while the
+NIfTI and overlay are written (``medseg segment``), or reading a DICOM series while torch is
+imported (:mod:`medseg.io.prefetch`). A forked child sees the parent's data copy-on-write
+(nothing is pickled on the way in), runs on another core and sends back only its result, which
+must be small or go through a file. Where ``fork`` is not safe or not available (not Linux), the
+call simply runs in the caller's process when its result is asked for.
 
 The child must not use torch: its intra-op thread pool does not survive ``fork``.
 """
@@ -19,10 +20,11 @@ from typing import Any
 
 from medseg.errors import MedsegError
 
-__all__ = ["Pending", "start"]
+__all__ = ["Pending", "fork_available", "start"]
 
 
-def _fork_available() -> bool:
+def fork_available() -> bool:
+    """Whether calls can run in a forked child here (Linux)."""
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
 
@@ -51,7 +53,7 @@ class Pending:
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, fork: bool) -> None:
         self._call = (fn, args, kwargs)
         self.seconds = 0.0
-        self.forked = fork and _fork_available()
+        self.forked = fork and fork_available()
         self._process = None
         if self.forked:
             context = multiprocessing.get_context("fork")
@@ -71,10 +73,10 @@ class Pending:
                 self.seconds = time.perf_counter() - start
         try:
             status, value, self.seconds = self._receive.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the child died, or the call was cancelled
             self._process.join()
             raise MedsegError(
-                f"the process writing {getattr(fn, '__name__', 'an output')} ended without an answer "
+                f"the background process running {getattr(fn, '__name__', 'a task')} ended without an answer "
                 f"(exit code {self._process.exitcode}); if memory is short, try again with fewer "
                 "programs running"
             ) from None
@@ -87,9 +89,12 @@ class Pending:
 
     def cancel(self) -> None:
         """Stop the child, if any (used when the parent fails before asking for the result)."""
-        if self._process is not None and self._process.is_alive():
+        if self._process is None:
+            return
+        if self._process.is_alive():
             self._process.terminate()
-            self._process.join()
+        self._process.join()
+        self._receive.close()
 
 
 def start(fn: Callable[..., Any], *args: Any, fork: bool = True, **kwargs: Any) -> Pending:
