@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import math
@@ -15,6 +14,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import EMAHandler
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
@@ -98,15 +98,16 @@ class AtomicCheckpointSaver(CheckpointSaver):
 _EPOCH_CKPT = re.compile(r"epoch=(\d+)\.pt$")
 
 
-class ModelEMA:
-    """Exponential moving average of a network's weights, updated after every training iteration.
+class ModelEMA(EMAHandler):
+    """ignite's ``EMAHandler`` (exponential moving average of the weights) with a timm-style warm-up.
 
     Validate and save ``averaged`` instead of the raw network: the average smooths out the
     step-to-step noise of a high learning rate, so the validated model is better early in
-    training and at the end (Polyak averaging, as in timm's ``ModelEmaV2``). The decay warms up
-    as ``min(decay, (1 + t) / (10 + t))`` at iteration ``t`` so that the first epochs are not
-    dominated by the random initial weights; ``t`` comes from the trainer's state, so a resumed
-    run continues the same schedule.
+    training and at the end (Polyak averaging). ignite warms the momentum up linearly; here the
+    decay follows ``min(decay, (1 + t) / (10 + t))`` at trainer iteration ``t`` (the
+    ``num_updates`` rule of timm and TensorFlow), so the first iterations are not dominated by
+    the random initial weights and a resumed run continues the same schedule. Buffers (e.g.
+    batch-norm statistics) follow the trained network.
 
     Args:
         network: the trained network (a ``DistributedDataParallel`` wrapper is unwrapped).
@@ -115,34 +116,30 @@ class ModelEMA:
     """
 
     def __init__(self, network: torch.nn.Module, decay: float = 0.99, enabled: bool = True) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.network = getattr(network, "module", network)
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        super().__init__(network, momentum=1.0 - decay, handle_buffers="copy")
         self.decay = decay
         self.enabled = enabled
-        if enabled:
-            self.averaged = copy.deepcopy(self.network).eval()
-            self.averaged.requires_grad_(False)
-        else:
-            self.averaged = self.network
 
-    def attach(self, engine: Engine) -> None:
-        if self.enabled and not engine.has_event_handler(self.update, Events.ITERATION_COMPLETED):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+    @property
+    def averaged(self) -> torch.nn.Module:
+        return self.ema_model if self.enabled else self.model
 
-    @torch.no_grad()
-    def update(self, engine: Engine) -> None:
+    def attach(  # type: ignore[override]
+        self,
+        engine: Engine,
+        name: str = "ema_momentum",
+        warn_if_exists: bool = False,
+        event: Any = Events.ITERATION_COMPLETED,
+    ) -> None:
+        if self.enabled and not engine.has_event_handler(self._update_ema_model, event):
+            super().attach(engine, name, warn_if_exists, event)
+
+    def _update_ema_model(self, engine: Engine, name: str) -> None:
         step = engine.state.iteration
-        decay = min(self.decay, (1.0 + step) / (10.0 + step))
-        averaged = [p for p in self.averaged.parameters()]
-        current = [p.detach() for p in self.network.parameters()]
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        # Buffers (e.g. batch-norm statistics) are copied, not averaged.
-        for mine, theirs in zip(self.averaged.buffers(), self.network.buffers(), strict=True):
-            mine.copy_(theirs)
-
-    def __call__(self, engine: Engine) -> None:
-        self.update(engine)
+        setattr(engine.state, name, 1.0 - min(self.decay, (1.0 + step) / (10.0 + step)))
+        super()._update_ema_model(engine, name)
 
 
 class ResumeFromLatest:
