@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 
 from medseg.bundle import open_bundle
 from medseg.cli.main import main
+from medseg.errors import DicomError
 from medseg.io import load_image
 from medseg.segment import (
     OUTPUT_FILES,
@@ -415,17 +416,27 @@ def test_tta_over_declared_flips(keyed_bundle: Path, crops: Path, tmp_path: Path
         assert low <= volume <= high, f"{name}: {volume} mL"
 
 
-def test_failed_run_leaves_no_output(segmenter: Segmenter, crops: Path, tmp_path: Path, monkeypatch) -> None:
-    import medseg.segment.overlay as overlay
+@pytest.mark.parametrize(
+    ("module", "writer", "error"),
+    [
+        # a writer in this process (the overlay) and one in the forked child (the DICOM SEG)
+        ("medseg.segment.overlay", "render_overlay", RuntimeError("disk full")),
+        ("medseg.segment.pipeline", "write_seg", DicomError("cannot reference this series")),
+    ],
+)
+def test_failed_writer_leaves_no_output_and_its_error_reaches_the_caller(
+    segmenter: Segmenter, crops: Path, tmp_path: Path, monkeypatch, module: str, writer: str, error: Exception
+) -> None:
+    import importlib
 
     def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
+        raise error
 
-    monkeypatch.setattr(overlay, "render_overlay", broken)
+    monkeypatch.setattr(importlib.import_module(module), writer, broken)
     out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(type(error), match=str(error)):
         segmenter.run(crops / "Study1", out)
-    assert list(out.iterdir()) == []  # neither the NIfTI/SEG written before nor the staging folder
+    assert list(out.iterdir()) == []  # neither the outputs written before nor the staging folder
 
 
 def test_series_option_picks_one_series_of_a_folder(
@@ -490,22 +501,6 @@ def test_other_shipped_bundles_segment_the_crops(name: str, crops: Path, tmp_pat
     for label, volume in result.volumes_ml.items():
         low, high = VOLUME_RANGE_ML[label]
         assert low <= volume <= high, f"{name} {label}: {volume} mL"
-
-
-def test_seg_writer_failure_in_its_child_process_reaches_the_caller(
-    segmenter: Segmenter, crops: Path, tmp_path: Path, monkeypatch
-) -> None:
-    import medseg.segment.pipeline as pipeline
-    from medseg.errors import DicomError
-
-    def broken(*args, **kwargs):
-        raise DicomError("cannot reference this series")
-
-    monkeypatch.setattr(pipeline, "write_seg", broken)
-    out = tmp_path / "out"
-    with pytest.raises(DicomError, match="cannot reference this series"):
-        segmenter.run(crops / "Study1", out)
-    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
