@@ -149,3 +149,26 @@ def test_prepare_plain_batch_strips_metadata_only() -> None:
     assert type(x) is torch.Tensor and type(y) is torch.Tensor
     torch.testing.assert_close(x, image.as_tensor())
     torch.testing.assert_close(y, label.as_tensor())
+
+
+def test_one_hot_d_equals_monai_as_discreted() -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    from medseg.transforms import OneHotd
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (3, 9, 8, 7), generator=generator).float()  # many ties
+    label = MetaTensor(torch.randint(0, 3, (1, 9, 8, 7), generator=generator).to(torch.uint8))
+    label.meta["filename_or_obj"] = "case.nii.gz"
+    data = {"pred": MetaTensor(scores), "label": label}
+    expected = AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=3)(dict(data))
+    result = OneHotd(keys=["pred", "label"], argmax=[True, False], num_classes=3)(dict(data))
+    for key in ("pred", "label"):
+        assert result[key].dtype == torch.float32 and result[key].shape == (3, 9, 8, 7)
+        assert torch.equal(result[key].as_tensor(), expected[key].as_tensor())
+    assert result["label"].meta["filename_or_obj"] == "case.nii.gz"
+    with pytest.raises(ValueError, match="one channel"):
+        OneHotd(keys="label", argmax=False, num_classes=3)({"label": scores})
+    with pytest.raises(ValueError, match="entries"):
+        OneHotd(keys=["pred", "label"], argmax=[True], num_classes=3)

@@ -299,3 +299,51 @@ def test_segnet_uses_unpooling_indices() -> None:
         a = net.decoder((encoder_out, indices))
         b = net.decoder((encoder_out, shuffled))
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_weights_same_output_and_state_dict(dims: int) -> None:
+    torch.manual_seed(0)
+    network = networks.create("unet", spatial_dims=dims, in_channels=1, out_channels=3).eval()
+    x = torch.randn(2, 1, *([20] * dims))
+    with torch.no_grad():
+        expected = network(x)
+        converted = networks.to_channels_last(network)
+        assert converted is network
+        layout = torch.channels_last_3d if dims == 3 else torch.channels_last
+        weights = [p for p in network.parameters() if p.ndim == dims + 2]
+        assert weights and all(p.is_contiguous(memory_format=layout) for p in weights)
+        torch.testing.assert_close(network(x), expected, rtol=1e-4, atol=1e-4)
+    # A channels-last state dict loads into a network built as usual, and back.
+    plain = networks.create("unet", spatial_dims=dims, in_channels=1, out_channels=3).eval()
+    plain.load_state_dict(network.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), expected, rtol=1e-4, atol=1e-4)
+    assert all(p.is_contiguous() for p in networks.to_channels_last(plain, enabled=False).parameters())
+
+
+def test_pad_batch_returns_the_real_samples_only() -> None:
+    torch.manual_seed(0)
+    network = networks.create("unet", spatial_dims=3, in_channels=1, out_channels=3).eval()
+    padded = networks.PadBatch(network).eval()
+    x = torch.randn(1, 1, 24, 32, 24)
+    seen: list[int] = []
+    handle = network.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        expected = network(x)
+        result = padded(x)
+    handle.remove()
+    assert seen == [1, 2]  # the wrapper ran the network on a batch of two
+    assert result.shape == expected.shape
+    torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
+
+    class TwoHeads(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x * 2, x.mean(dim=(1, 2, 3, 4))
+
+    heads = networks.PadBatch(TwoHeads()).eval()
+    doubled, mean = heads(x)
+    assert doubled.shape == x.shape and mean.shape == (1,)
+    # Training mode (gradients, batch statistics) is never padded.
+    heads.train()
+    assert heads(x)[0].shape == x.shape

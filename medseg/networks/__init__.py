@@ -17,7 +17,13 @@ from typing import Any
 
 from torch import nn
 
-from medseg.networks.base import SegmentationModel, crop_padding, pad_to_multiple
+from medseg.networks.base import (
+    PadBatch,
+    SegmentationModel,
+    crop_padding,
+    pad_to_multiple,
+    to_channels_last,
+)
 from medseg.networks.deeplabv3plus import DeepLabV3Plus
 from medseg.networks.fcn import FCN
 from medseg.networks.pspnet import PSPNet
@@ -37,6 +43,8 @@ __all__ = [
     "count_parameters",
     "pad_to_multiple",
     "crop_padding",
+    "to_channels_last",
+    "PadBatch",
 ]
 
 NETWORKS: dict[str, type[nn.Module]] = {

@@ -10,14 +10,23 @@ as MONAI's ``DivisiblePad(method="symmetric")`` does.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-__all__ = ["pad_to_multiple", "crop_padding", "SegmentationModel"]
+__all__ = [
+    "pad_to_multiple",
+    "crop_padding",
+    "SegmentationModel",
+    "PadBatch",
+    "channels_last_format",
+    "to_channels_last",
+]
 
 
 def _no_padding(pads: Sequence[tuple[int, int]]) -> bool:
@@ -77,6 +86,69 @@ def crop_padding(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tens
     for size, (before, after) in zip(x.shape[2:], pads, strict=True):
         slices.append(slice(before, size - after))
     return x[tuple(slices)]
+
+
+def channels_last_format(ndim: int) -> torch.memory_format | None:
+    """The channels-last memory format for ``ndim``-D tensors (5: NDHWC, 4: NHWC), else None."""
+    return {5: torch.channels_last_3d, 4: torch.channels_last}.get(ndim)
+
+
+def to_channels_last(network: nn.Module, enabled: bool = True) -> nn.Module:
+    """Store the convolution weights of ``network`` channels-last (in place); return ``network``.
+
+    On CPU, oneDNN runs 3-D convolutions markedly faster when the weights are channels-last
+    (NDHWC): a training step of the hippocampus U-Net is about 15% faster on 2 cores, and
+    inference over 96^3 windows about 1.25x. Activations follow the weights' layout, so the
+    input may stay contiguous; results are the same up to float rounding, and state dicts
+    load into networks of either layout. Copies of the network (``copy.deepcopy``, e.g. a
+    weight average) keep the layout.
+
+    Args:
+        network: any module; its 4-D and 5-D parameters and buffers are converted.
+        enabled: convert only when true (so that a config can pass e.g. "not on CUDA").
+    """
+    if enabled:
+        for tensor in itertools.chain(network.parameters(), network.buffers()):
+            layout = channels_last_format(tensor.ndim)
+            if layout is not None:
+                tensor.data = tensor.data.contiguous(memory_format=layout)
+    return network
+
+
+class PadBatch(nn.Module):
+    """Evaluate a network on CPU with at least ``min_batch`` samples per call.
+
+    PyTorch sends a 3-D convolution of a single sample to its slow reference kernel
+    (``slow_conv3d``) instead of oneDNN whenever ``N * C * D * H`` is small, which is every
+    layer but the widest of a U-Net on hippocampus-sized inputs: one 40x56x40 window then takes
+    about 18 ms, while a batch of two takes 11 ms. A sliding window over an image that fits in
+    one window calls the network with one sample, so validation pays this on most cases. In
+    eval mode on CPU this wrapper pads such a call to ``min_batch`` samples by repeating the
+    last one and returns the outputs of the real samples: samples are independent in eval mode
+    (instance norm, batch norm with running statistics), so the result is the same up to float
+    rounding. Training mode and other devices call the network unchanged.
+
+    Args:
+        network: the network to evaluate.
+        min_batch: the smallest batch to run on CPU.
+    """
+
+    def __init__(self, network: nn.Module, min_batch: int = 2) -> None:
+        super().__init__()
+        self.network = network
+        self.min_batch = int(min_batch)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        n = int(x.shape[0])
+        if self.training or x.device.type != "cpu" or n >= self.min_batch:
+            return self.network(x, *args, **kwargs)
+        filler = x[-1:].expand(self.min_batch - n, *x.shape[1:])
+        out = self.network(torch.cat([x, filler]), *args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out[:n]
+        if isinstance(out, dict):
+            return {key: value[:n] for key, value in out.items()}
+        return type(out)(value[:n] for value in out)
 
 
 class SegmentationModel(nn.Module):

@@ -48,7 +48,6 @@ from medseg.segment.suitability import Suitability, check_suitability, image_geo
 __all__ = [
     "ChannelsLast",
     "OUTPUT_FILES",
-    "argmax_channels",
     "SegmentResult",
     "Segmenter",
     "resample_labels_nearest",
@@ -179,29 +178,6 @@ def resample_labels_nearest(
     return out
 
 
-def argmax_channels(scores: Any) -> Any:
-    """Index of the largest channel of a (C, *spatial) tensor per voxel, as uint8 (int16 above 256 classes).
-
-    The same as ``scores.argmax(0)`` (the first channel wins ties) but one pass of comparisons per
-    channel: ``torch.argmax`` over the leading, outermost dimension is several times slower on
-    CPU, and its int64 result is 8 times the size.
-    """
-    import torch
-
-    n = int(scores.shape[0])
-    labels = torch.zeros(
-        scores.shape[1:], dtype=torch.uint8 if n <= 256 else torch.int16, device=scores.device
-    )
-    if n == 1:
-        return labels
-    best = scores[0].clone()
-    for channel in range(1, n):
-        current = scores[channel]
-        labels.masked_fill_(current > best, channel)
-        torch.maximum(best, current, out=best)
-    return labels
-
-
 class ChannelsLast:
     """Call a network with channels-last (NDHWC / NHWC) activations and weights.
 
@@ -217,26 +193,19 @@ class ChannelsLast:
     def __init__(self, network: Any) -> None:
         import torch
 
-        self.network = network
-        for tensor in itertools.chain(network.parameters(), network.buffers()):
-            layout = _channels_last_format(tensor.ndim)
-            if layout is not None:
-                tensor.data = tensor.data.contiguous(memory_format=layout)
+        from medseg.networks.base import channels_last_format, to_channels_last
+
+        self.network = to_channels_last(network)
         self._torch = torch
+        self._layout = channels_last_format
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        layout = _channels_last_format(x.ndim)
+        layout = self._layout(x.ndim)
         out = self.network(x.contiguous(memory_format=layout) if layout else x, *args, **kwargs)
         return out.contiguous() if isinstance(out, self._torch.Tensor) else out
 
     def __getattr__(self, name: str) -> Any:  # eval(), parameters(), ... of the wrapped network
         return getattr(self.__dict__["network"], name)
-
-
-def _channels_last_format(ndim: int) -> Any:
-    import torch
-
-    return {5: torch.channels_last_3d, 4: torch.channels_last}.get(ndim)
 
 
 def tta_flip_axes(input_format: Mapping[str, Any]) -> list[int]:
@@ -536,6 +505,8 @@ class Segmenter:
     def predict(self, image: Any) -> np.ndarray:
         """Class label per voxel of the preprocessed (C, X, Y, Z) image, on its grid."""
         import torch
+
+        from medseg.transforms import argmax_channels
 
         x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].float()
         autocast = (
