@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.networks.utils import one_hot
 from monai.transforms import MapTransform
 
-__all__ = ["argmax_channels", "one_hot_labels", "OneHotd"]
+__all__ = ["argmax_channels", "OneHotd"]
 
 
 def argmax_channels(scores: torch.Tensor) -> torch.Tensor:
@@ -40,22 +42,12 @@ def argmax_channels(scores: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def one_hot_labels(
-    labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """(num_classes, *spatial) one-hot mask of a (*spatial) label map; labels outside 0..num_classes-1 get none."""
-    out = torch.empty((num_classes, *labels.shape), dtype=dtype, device=labels.device)
-    for index in range(num_classes):
-        torch.eq(labels, index, out=out[index])
-    return out
-
-
 class OneHotd(MapTransform):
     """One-hot masks of channel-first network scores or label maps, for segmentation metrics.
 
     The same output as MONAI's ``AsDiscreted(keys, argmax=..., to_onehot=num_classes)`` on
-    (C, *spatial) items, computed with :func:`argmax_channels` (about 10x faster on CPU).
-    Metadata of MetaTensor items is kept.
+    (C, *spatial) items, with the argmax taken by :func:`argmax_channels` (about 10x faster on
+    CPU) and MONAI's ``one_hot``. Metadata of MetaTensor items is kept.
 
     Args:
         keys: items to convert.
@@ -84,13 +76,13 @@ class OneHotd(MapTransform):
         for key in self.key_iterator(d):
             item = d[key]
             if self.argmax[key]:
-                labels = argmax_channels(item)
+                labels = argmax_channels(torch.as_tensor(item))[None]
             elif item.shape[0] == 1:
-                labels = item[0]
+                labels = torch.as_tensor(item)
             else:
                 raise ValueError(f"{key!r}: a label map has one channel, got shape {tuple(item.shape)}.")
-            masks = one_hot_labels(torch.as_tensor(labels), self.num_classes)
-            if hasattr(item, "copy_meta_from"):  # MetaTensor: keep affine and metadata
-                masks = type(item)(masks, meta=item.meta, applied_operations=item.applied_operations)
+            masks = one_hot(labels, self.num_classes, dim=0)
+            if isinstance(item, MetaTensor):  # keep affine and metadata
+                masks = MetaTensor(masks, meta=item.meta, applied_operations=item.applied_operations)
             d[key] = masks
         return d
