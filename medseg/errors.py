@@ -7,6 +7,8 @@ what was wrong and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 __all__ = [
     "MedsegError",
     "InputError",
@@ -15,6 +17,8 @@ __all__ = [
     "SeriesSelectionError",
     "BundleError",
     "ConfigError",
+    "cause_chain",
+    "first_line",
 ]
 
 
@@ -46,3 +50,29 @@ class BundleError(MedsegError):
 
 class ConfigError(MedsegError):
     """A command-line option or configuration value is invalid."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of ``str(exc)``, or the exception's class name when it has no text.
+
+    Tracebacks of wrapped errors (MONAI's transform errors, torch's state-dict errors) run to many
+    lines; one-line messages quote only their head.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def cause_chain(exc: BaseException, *, context: bool = True) -> Iterator[BaseException]:
+    """``exc``, then what caused it (``__cause__``; also ``__context__`` when ``context``), once each.
+
+    Libraries wrap the error that matters (MONAI's ``apply_transform`` raises ``RuntimeError`` from
+    the transform's own error); callers walk this chain to find it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (current.__context__ if context else None)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from medseg import paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    env = os.environ.get("MEDSEG_DATA_DIR")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-    return path.resolve()
+    return paths.data_dir().resolve()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from medseg import paths
 from medseg.bundle import REQUIRED_FILES, evaluate_bundle, export_bundle, open_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +41,7 @@ REQUIRED_FORMAT = ["type", "format", "num_channels", "spatial_shape", "dtype", "
 
 def _python_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault(
-        "MEDSEG_DATA_DIR", str(Path(os.environ.get("MEDSEG_DATA_DIR", REPO.parent / "shared" / "data")))
-    )
+    env.setdefault(paths.DATA_ENV, str(paths.data_dir().resolve()))
     return env
 
 

@@ -7,7 +7,6 @@ mask lies on bright FLAIR signal, the liver label on liver-density CT).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -18,15 +17,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medseg import paths
 from medseg.errors import GeometryError
 from medseg.io import load_image, read_dicom, save_nifti, scan_series
 from medseg.io.dicom import scan_folder
 
 
 def _data_dir() -> Path:
-    # the same rule as tests/conftest.py, needed here at collection time for the test ids
-    env = os.environ.get("MEDSEG_DATA_DIR")
-    return (Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data").resolve()
+    # needed here at collection time for the test ids
+    return paths.data_dir().resolve()
 
 
 DATA = _data_dir()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import BundleError
+from medseg.paths import resolve_bundle_path
 
 __all__ = ["Bundle", "open_bundle", "run_workflow", "REQUIRED_FILES"]
 
@@ -68,14 +69,12 @@ class Bundle:
 
 
 def open_bundle(path: str | os.PathLike) -> Bundle:
-    """Open a bundle folder, or a bundle name under ``bundles/`` of the working directory.
+    """Open a bundle folder, or a bundle name under a bundles folder (:mod:`medseg.paths`).
 
     Raises:
         BundleError: the folder does not exist or lacks ``configs/metadata.json``.
     """
-    root = Path(path)
-    if not root.is_dir() and not root.is_absolute() and (Path("bundles") / root).is_dir():
-        root = Path("bundles") / root
+    root = resolve_bundle_path(path) or Path(path)
     if not root.is_dir():
         raise BundleError(f"bundle folder {path} not found: give a path such as bundles/hippocampus_unet3d")
     meta_path = root / "configs" / "metadata.json"

@@ -10,6 +10,7 @@ import torch
 
 from medseg.bundle.core import Bundle
 from medseg.errors import BundleError
+from medseg.io.atomic import atomic_write
 
 __all__ = ["export_bundle", "EXPORT_TOLERANCE"]
 
@@ -64,7 +65,25 @@ def export_bundle(
     with torch.no_grad():
         expected = network(example)
 
-    tmp = path.with_name(f".{path.name}.tmp")
+    def write(tmp: Path) -> None:
+        actual = _export(bundle, network, example, fmt, tmp)
+        result["max_abs_diff"] = float((actual - expected).abs().max())
+        if result["max_abs_diff"] > EXPORT_TOLERANCE:
+            raise BundleError(
+                f"exported {fmt} model differs from eager by {result['max_abs_diff']:.2e} "
+                f"(> {EXPORT_TOLERANCE}); not written"
+            )
+
+    result: dict[str, Any] = {}
+    atomic_write(path, write)
+    diff = result["max_abs_diff"]
+    return {"format": fmt, "path": str(path), "input_shape": list(example.shape), "max_abs_diff": diff}
+
+
+def _export(
+    bundle: Bundle, network: torch.nn.Module, example: torch.Tensor, fmt: str, tmp: Path
+) -> torch.Tensor:
+    """Write ``network`` in ``fmt`` to ``tmp`` and return the exported model's output for ``example``."""
     if fmt == "torchscript":
         from monai.bundle import ckpt_export
 
@@ -80,26 +99,17 @@ def export_bundle(
         )
         exported = torch.jit.load(str(tmp), map_location="cpu")
         with torch.no_grad():
-            actual = exported(example)
-    else:
-        import onnxruntime
+            return exported(example)
+    import onnxruntime
 
-        torch.onnx.export(
-            network,
-            (example,),
-            str(tmp),
-            input_names=["image"],
-            output_names=["pred"],
-            dynamo=False,
-            opset_version=17,
-        )
-        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        actual = torch.from_numpy(session.run(None, {"image": example.numpy()})[0])
-    diff = float((actual - expected).abs().max())
-    if diff > EXPORT_TOLERANCE:
-        tmp.unlink(missing_ok=True)
-        raise BundleError(
-            f"exported {fmt} model differs from eager by {diff:.2e} (> {EXPORT_TOLERANCE}); not written"
-        )
-    os.replace(tmp, path)
-    return {"format": fmt, "path": str(path), "input_shape": list(example.shape), "max_abs_diff": diff}
+    torch.onnx.export(
+        network,
+        (example,),
+        str(tmp),
+        input_names=["image"],
+        output_names=["pred"],
+        dynamo=False,
+        opset_version=17,
+    )
+    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"image": example.numpy()})[0])

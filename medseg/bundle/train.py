@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from medseg.bundle.core import Bundle, run_workflow
 from medseg.errors import BundleError, InputError
+from medseg.io.atomic import atomic_write_json
 
 __all__ = ["train_bundle", "evaluate_bundle"]
 
@@ -110,9 +110,7 @@ def evaluate_bundle(
         "metrics": metrics,
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out_json)
+    atomic_write_json(out_json, result)
     result["output"] = str(out_json)
     return result
 

@@ -48,36 +48,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def find_bundle() -> Path:
-    """The shipped hippocampus bundle: beside the package (source checkout), else under the cwd.
+    """The shipped hippocampus bundle, looked up by name as :mod:`medseg.paths` says.
 
     Raises:
-        BundleError: not found.
+        BundleError: not found; the message says where it was looked for and what to do.
     """
     from medseg.errors import BundleError
+    from medseg.paths import BUNDLES_ENV, bundle_search_dirs, resolve_bundle_path
 
-    package_parent = Path(__file__).resolve().parents[2]
-    for candidate in (package_parent / "bundles" / BUNDLE_NAME, Path.cwd() / "bundles" / BUNDLE_NAME):
-        if (candidate / "configs" / "metadata.json").is_file():
-            return candidate
+    found = resolve_bundle_path(BUNDLE_NAME)
+    if found is not None and (found / "configs" / "metadata.json").is_file():
+        return found
+    searched = ", ".join(str(d) for d in bundle_search_dirs()) or "no bundles folder"
     raise BundleError(
-        f"the demo bundle bundles/{BUNDLE_NAME} was not found beside the medseg package nor in {Path.cwd()}; "
-        "run the demo from the repository root or pass --bundle"
+        f"the demo bundle {BUNDLE_NAME} was not found (looked in: {searched}); pass --bundle PATH to "
+        f"its folder, set {BUNDLES_ENV} to the folder that holds it, or run from a medseg checkout"
     )
 
 
 def _data_dir() -> Path | None:
-    """``$MEDSEG_DATA_DIR`` when set (and only it), else ``../shared/data`` beside the checkout or the cwd."""
-    env = os.environ.get("MEDSEG_DATA_DIR")
-    package_parent = Path(__file__).resolve().parents[2]
-    candidates = (
-        [Path(env)]
-        if env
-        else [package_parent.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    )
-    for candidate in candidates:
-        if (candidate / DICOM_SUBFOLDER).is_dir():
-            return candidate
-    return None
+    """The project data folder when it holds the demo series, else None."""
+    from medseg.paths import find_data_dir
+
+    found = find_data_dir()
+    return found if found is not None and (found / DICOM_SUBFOLDER).is_dir() else None
 
 
 def find_demo_inputs(cache_dir: str | os.PathLike | None = None, download: bool = True) -> tuple[Path, str]:
@@ -95,7 +89,12 @@ def find_demo_inputs(cache_dir: str | os.PathLike | None = None, download: bool 
     if data is not None:
         return data / DICOM_SUBFOLDER, "hippocampus DICOM crop series of the project data"
     if not download:
-        raise InputError("the project data folder is missing (set MEDSEG_DATA_DIR)")
+        from medseg.paths import DATA_ENV
+
+        raise InputError(
+            f"the project data folder with {DICOM_SUBFOLDER} was not found: set {DATA_ENV} to the folder "
+            "that holds it (see the README), or allow the MSD download"
+        )
     from monai.apps import DecathlonDataset
 
     cache = (

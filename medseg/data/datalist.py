@@ -114,12 +114,6 @@ def default_data_dir(subfolder: str = "") -> str:
     From inside a bundle folder (``bundles/<name>``) the parent folders are searched too, so
     ``python -m monai.bundle run`` finds the data from the repository root or the bundle root.
     """
-    env = os.environ.get("MEDSEG_DATA_DIR")
-    if env:
-        return str(Path(env) / subfolder)
-    cwd = Path.cwd().resolve()
-    for folder in (cwd, *cwd.parents):
-        candidate = folder.parent / "shared" / "data"
-        if candidate.is_dir():
-            return str(candidate / subfolder)
-    return str(Path("..") / "shared" / "data" / subfolder)
+    from medseg.paths import data_dir
+
+    return str(data_dir(subfolder))

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from medseg.io.atomic import atomic_write
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -39,18 +40,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp gives 0600; checkpoints are shared files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class _AtomicSaveHandler(BaseSaveHandler):

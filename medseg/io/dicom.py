@@ -40,7 +40,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from medseg.errors import DicomError, GeometryError, InputError, SeriesSelectionError
+from medseg.errors import DicomError, GeometryError, InputError, SeriesSelectionError, first_line
 from medseg.io.geometry import (
     MAX_ORIENTATION_DIFFERENCE,
     GeometryProblem,
@@ -771,9 +771,7 @@ def _decode_file(header: _Header, decoder: str) -> tuple[np.ndarray, bool]:
             else:
                 array, rescaled = _decode_file_simpleitk(header.path), True
         except Exception as exc:  # any decoder failure on a file means the file cannot be used
-            errors.append(
-                f"{name}: {_exception_name(exc)}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            )
+            errors.append(f"{name}: {_exception_name(exc)}: {first_line(exc)}")
             continue
         expected = (len(header.frames), header.rows, header.columns)
         array = array.reshape((1, *array.shape)) if array.ndim == 2 else array

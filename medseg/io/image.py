@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from numpy.typing import DTypeLike
 
 from medseg.errors import GeometryError, InputError
 from medseg.io import prefetch
+from medseg.io.atomic import atomic_write
 from medseg.io.dicom import is_dicom_file, read_dicom
 from medseg.io.geometry import lps_to_ras
 
@@ -275,14 +275,4 @@ def save_nifti(image: MetaTensor, path: str | os.PathLike) -> Path:
     nifti.header.set_xyzt_units("mm", "sec")
     nifti.set_sform(affine, code=1)
     nifti.set_qform(affine, code=1)  # nibabel keeps the nearest rigid+zoom approximation for the qform
-    suffix = ".nii.gz" if out.name.lower().endswith(".nii.gz") else ".nii"
-    # a fresh hidden name in the same folder (same file system, so os.replace is atomic); not mkstemp,
-    # whose 0600 mode would end up on the output
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{suffix}"
-    try:
-        nib.save(nifti, str(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, lambda tmp: nib.save(nifti, str(tmp)))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import DicomError, GeometryError, InputError, SeriesSelectionError
+from medseg.io.atomic import atomic_write
 from medseg.io.geometry import lps_to_ras
 from medseg.segment.concepts import Concept, SegmentSpec, rgb_to_dicom_lab
 
@@ -225,14 +225,7 @@ def write_seg(
             omit_empty_frames=not empty,  # an all-empty SEG keeps its frames: it must have at least one
         )
 
-    out = Path(path)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        _dcmwrite(tmp, seg)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: _dcmwrite(tmp, seg))
     return {"series_instance_uid": str(series_uid), "sop_instance_uid": str(sop_uid)}
 
 

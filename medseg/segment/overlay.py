@@ -9,12 +9,12 @@ segmentation, one coronal and one sagittal slice through its centre, in radiolog
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from medseg.io.atomic import atomic_write
 from medseg.segment.dicom_seg import RESEARCH_ONLY
 
 __all__ = ["render_overlay", "overlay_slices"]
@@ -138,12 +138,4 @@ def render_overlay(
     )
     fig.suptitle(f"{title}\n{RESEARCH_ONLY.upper()}", color="white", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.9))
-    out = Path(path)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp.png"
-    try:
-        fig.savefig(tmp, dpi=100, facecolor="black")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, facecolor="black", format="png"))

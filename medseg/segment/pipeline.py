@@ -40,7 +40,8 @@ import numpy as np
 
 from medseg import __version__, background
 from medseg.bundle.core import Bundle, open_bundle
-from medseg.errors import BundleError, ConfigError
+from medseg.errors import BundleError, ConfigError, cause_chain, first_line
+from medseg.io.atomic import atomic_write_json
 from medseg.segment.concepts import SegmentSpec, segment_specs
 from medseg.segment.dicom_seg import write_seg
 from medseg.segment.suitability import Suitability, check_suitability, image_geometry
@@ -248,17 +249,14 @@ def _apply(transforms: Sequence[Any], data: Any) -> Any:
         try:
             data = apply_transform(transform, data)
         except Exception as exc:  # MONAI wraps every failure in RuntimeError("applying transform ...")
-            cause: BaseException | None = exc
-            while cause is not None and not isinstance(cause, MedsegError):
-                cause = cause.__cause__
-            if cause is not None:
-                raise cause from None
-            root: BaseException = exc
-            while root.__cause__ is not None:
-                root = root.__cause__
-            first = (str(root).strip().splitlines() or [type(root).__name__])[0]
+            chain = list(cause_chain(exc, context=False))
+            for cause in chain:
+                if isinstance(cause, MedsegError):
+                    raise cause from None
+            root = chain[-1]
             raise BundleError(
-                f"the bundle's preprocessing failed in {type(transform).__name__}: {type(root).__name__}: {first}"
+                f"the bundle's preprocessing failed in {type(transform).__name__}: "
+                f"{type(root).__name__}: {first_line(root)}"
             ) from exc
     return data
 
@@ -284,13 +282,7 @@ def _compact_copy(array: np.ndarray) -> np.ndarray:
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, payload, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
@@ -432,8 +424,9 @@ class Segmenter:
         try:
             network.load_state_dict(state)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise BundleError(f"the weights {path} do not fit the bundle's network_def ({first})") from exc
+            raise BundleError(
+                f"the weights {path} do not fit the bundle's network_def ({first_line(exc)})"
+            ) from exc
         network = network.to(self.device).eval()
         return ChannelsLast(network) if self.device.type == "cpu" else network
 

@@ -42,6 +42,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 import medseg
+from medseg.io.atomic import atomic_copy
 
 __all__ = [
     "MedsegLabelApp",
@@ -250,9 +251,7 @@ class MedsegTrainTask(BundleTrainTask):
                 MONAILabelError.APP_TRAIN_FAILED, f"training ended without saving weights in {best.parent}"
             )
         dest = _next_version(Path(self.bundle_path))
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copy2(best, tmp)
-        os.replace(tmp, dest)
+        atomic_copy(best, dest)
         record = {
             "weights": dest.name,
             "started_from": start.name,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError, InputError, MedsegError
+from medseg.io.atomic import atomic_copy
 
 __all__ = [
     "PreparedWorkdir",
@@ -102,12 +103,6 @@ def discover_bundles(bundles_root: str | os.PathLike, names: list[str] | None = 
     return bundles
 
 
-def _atomic_copy(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.copy2(src, tmp)
-    os.replace(tmp, dest)
-
-
 def sync_bundle(bundle: Bundle, model_root: Path) -> Path:
     """Make ``model_root/<bundle>`` a served copy of ``bundle``; returns its folder.
 
@@ -139,7 +134,7 @@ def sync_bundle(bundle: Bundle, model_root: Path) -> Path:
     served = dest / "models" / "model.pt"
     shipped_hash = file_sha256(bundle.weights)
     if not served.is_file() or file_sha256(served) != shipped_hash:
-        _atomic_copy(bundle.weights, served)
+        atomic_copy(bundle.weights, served)
     (dest / "medseg-source.json").write_text(
         json.dumps(
             {"source": str(bundle.root), "model_sha256": shipped_hash, "version": bundle.version}, indent=2
@@ -188,7 +183,7 @@ def _place_copy(src: Path, dest: Path) -> None:
         dest.unlink()
     if dest.is_file() and dest.stat().st_size == src.stat().st_size and file_sha256(dest) == file_sha256(src):
         return
-    _atomic_copy(src, dest)
+    atomic_copy(src, dest)
 
 
 def _is_msd_task(folder: Path) -> bool:

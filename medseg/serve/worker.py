@@ -38,12 +38,9 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
     """4xx status and message for an error caused by the request, found anywhere in the cause chain."""
     from monailabel.interfaces.exception import ImageNotFoundException, MONAILabelError, MONAILabelException
 
-    from medseg.errors import MedsegError
+    from medseg.errors import MedsegError, cause_chain
 
-    seen = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in cause_chain(exc):
         if isinstance(current, JobError):
             return current.status, current.detail
         if isinstance(current, ImageNotFoundException):
@@ -52,7 +49,6 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
             return 400, current.msg
         if isinstance(current, MedsegError):
             return 422, str(current)
-        current = current.__cause__ or current.__context__
     return None
 
 

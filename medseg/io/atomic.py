@@ -1,0 +1,120 @@
+"""The one way medseg writes a file: into a fresh temporary file beside it, then ``os.replace``.
+
+Readers never see a half-written NIfTI, SEG, checkpoint or report: the temporary file lives in the
+target's folder (same file system, so the rename is atomic on POSIX), has a name no other writer
+uses (two processes writing the same target do not collide), is flushed to disk before the rename,
+and is removed if the writer fails for any reason, Ctrl-C included. The final file gets the mode a
+plain ``open()`` would give (``0o666`` less the umask) unless the caller asks for another one.
+
+Standard library only: the serving code imports it inside the MONAI Label environment too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_copy", "atomic_write", "atomic_write_json", "atomic_write_text"]
+
+
+def _umask_mode() -> int:
+    # os.umask can only be read by setting it; set it back at once
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not allow opening folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _suffix(name: str) -> str:
+    """The suffixes writers infer the format from (``.nii.gz``, ``.png``, ``.json``)."""
+    lower = name.lower()
+    for double in (".nii.gz", ".tar.gz"):
+        if lower.endswith(double):
+            return name[-len(double) :]
+    return Path(name).suffix
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Path], Any],
+    *,
+    mode: int | None = None,
+) -> Path:
+    """Let ``write`` fill a temporary file beside ``path``, then move it into place.
+
+    Args:
+        path: the file to (re)place; its folder must exist.
+        write: called with the temporary file's path (an empty file that already exists, whose name
+            ends with ``path``'s suffix, e.g. ``.nii.gz``, so writers that infer the format work).
+        mode: permission bits of the final file; default ``0o666`` less the process umask.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        Whatever ``write`` raises; the temporary file is removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{_suffix(target.name)}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode() if mode is None else mode)  # mkstemp created it 0600
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int | None = None) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode=mode)
+
+
+def atomic_write_json(
+    path: str | os.PathLike,
+    payload: Any,
+    *,
+    default: Callable[[Any], Any] | None = None,
+    mode: int | None = None,
+) -> Path:
+    """Write ``payload`` as indented JSON with a final newline to ``path`` atomically.
+
+    The payload is serialised before anything is written, so an unserialisable value leaves no file.
+    """
+    text = json.dumps(payload, indent=2, default=default) + "\n"
+    return atomic_write_text(path, text, mode=mode)
+
+
+def atomic_copy(src: str | os.PathLike, dest: str | os.PathLike, *, mode: int | None = None) -> Path:
+    """Copy ``src`` to ``dest`` atomically (contents and timestamps; the mode follows ``mode``/umask)."""
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(src, tmp)
+        shutil.copystat(src, tmp)
+
+    return atomic_write(dest, copy, mode=mode)
