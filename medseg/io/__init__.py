@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. They are imported on first use (PEP 562), so that reading a DICOM
 # series (medseg.io.dicom: pydicom and numpy only) does not pay for importing torch and MONAI.
 _EXPORTS = {
-    "LoadImaged": "medseg.io.transforms",
+    "LoadImaged": "medseg.io.loadimage",
     "load_image": "medseg.io.image",
     "read_image": "medseg.io.image",
     "read_dicom": "medseg.io.dicom",
@@ -42,8 +42,8 @@ __all__ = [
 if TYPE_CHECKING:
     from medseg.io.dicom import SeriesInfo, read_dicom, scan_folder, scan_series
     from medseg.io.image import load_image, read_image, save_nifti
+    from medseg.io.loadimage import LoadImaged
     from medseg.io.reader import MedsegReader
-    from medseg.io.transforms import LoadImaged
 
 
 def __getattr__(name: str) -> Any:

@@ -42,8 +42,8 @@ from medseg import __version__, background
 from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError, cause_chain, first_line
 from medseg.io.atomic import atomic_write_json
-from medseg.segment.concepts import SegmentSpec, segment_specs
-from medseg.segment.dicom_seg import write_seg
+from medseg.io.dicom_seg import write_seg
+from medseg.io.seg_concepts import SegmentSpec, segment_specs
 from medseg.segment.suitability import Suitability, check_suitability, image_geometry
 
 __all__ = [
@@ -499,7 +499,7 @@ class Segmenter:
         """Class label per voxel of the preprocessed (C, X, Y, Z) image, on its grid."""
         import torch
 
-        from medseg.transforms import argmax_channels
+        from medseg.postprocess import argmax_channels
 
         x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].float()
         autocast = (

@@ -1,7 +1,7 @@
 """DICOM SEG: write a label map as a highdicom Segmentation, and read any SEG back onto its source grid.
 
 Writer (:func:`write_seg`)
-    One BINARY segment per foreground label, coded as :mod:`medseg.segment.concepts` says (category,
+    One BINARY segment per foreground label, coded as :mod:`medseg.io.seg_concepts` says (category,
     type, type modifiers, CIELab display colour), algorithm identification with the bundle name and
     version (family DCM 123110 "Artificial Intelligence"). The source instances are referenced per
     frame (highdicom's Derivation Image Sequence) and the SEG shares the source's study, patient
@@ -37,7 +37,7 @@ import numpy as np
 from medseg.errors import DicomError, GeometryError, InputError, SeriesSelectionError
 from medseg.io.atomic import atomic_write
 from medseg.io.geometry import lps_to_ras
-from medseg.segment.concepts import Concept, SegmentSpec, rgb_to_dicom_lab
+from medseg.io.seg_concepts import Concept, SegmentSpec, rgb_to_dicom_lab
 
 __all__ = [
     "SEG_SOP_CLASS",
