@@ -43,6 +43,7 @@ from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError, cause_chain, first_line
 from medseg.io.atomic import atomic_write_json
 from medseg.io.dicom_seg import write_seg
+from medseg.io.formats import file_format
 from medseg.io.seg_concepts import SegmentSpec, segment_specs
 from medseg.segment.suitability import Suitability, check_suitability, image_geometry
 
@@ -718,9 +719,7 @@ class Segmenter:
                 "task": self.bundle.metadata.get("task", ""),
             },
             "input": {
-                "format": "dicom"
-                if is_dicom
-                else ("nrrd" if filename.lower().endswith((".nrrd", ".nhdr")) else "nifti"),
+                "format": "dicom" if is_dicom else (file_format(filename) or "nifti"),
                 "series_uid": meta.get("series_uid"),
                 "series_description": meta.get("series_description"),
                 "study_uid": meta.get("study_uid"),
