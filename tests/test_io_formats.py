@@ -78,6 +78,19 @@ def test_format_table_and_name_helpers() -> None:
     assert safe_id("patient a/t1") == "patient_a_t1" and safe_id("../.") == "image"
 
 
+def test_nrrd_data_file_forms(tmp_path: Path) -> None:
+    listed = tmp_path / "listed.nhdr"
+    listed.write_bytes(b"NRRD0004\ntype: short\ndata file: LIST\na.raw\nsub/b.raw\n")
+    assert nrrd_data_files(listed) == [tmp_path / "a.raw", tmp_path / "sub" / "b.raw"]
+    formatted = tmp_path / "formatted.nhdr"
+    formatted.write_bytes(b"NRRD0004\ndatafile: /data/s%02d.raw 1 5 2\n")
+    assert nrrd_data_files(formatted) == [Path("/data/s01.raw"), Path("/data/s03.raw"), Path("/data/s05.raw")]
+    broken = tmp_path / "broken.nhdr"
+    broken.write_bytes(b"NRRD0004\ndata file: s%02d.raw one\n")
+    with pytest.raises(InputError, match="fix the header"):
+        nrrd_data_files(broken)
+
+
 def test_image_format_of_real_paths(shared_data: Path, studies: Path, tmp_path: Path) -> None:
     crops = shared_data.joinpath(*CROPS)
     assert image_format(crops / "Study1") == "dicom"

@@ -33,10 +33,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from medseg.errors import InputError
+
+if TYPE_CHECKING:  # pydicom is imported where a folder is scanned, not for a name check
+    from medseg.io.dicom import SeriesInfo
 
 __all__ = [
     "FileFormat",
@@ -169,25 +174,36 @@ def nrrd_data_files(header: str | os.PathLike) -> list[Path]:
     path = Path(header)
     try:
         with open(path, "rb") as fp:
-            lines = [raw.decode("latin-1").rstrip("\r\n") for raw in fp]
+            spec, listed = _data_file_field(fp)
     except OSError as exc:
         raise InputError(f"{path} cannot be read ({exc.strerror}); is it complete?") from exc
-    for index, line in enumerate(lines):
-        if not line:  # the header ends at the first empty line
+    if spec is None:
+        return []
+    if spec.upper().startswith("LIST"):
+        names = listed
+    elif "%" in spec:
+        try:
+            pattern, start, stop, *step = spec.split()
+            names = [pattern % i for i in range(int(start), int(stop) + 1, int(step[0]) if step else 1)]
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{path}: cannot read its 'data file: {spec}' field; fix the header") from exc
+    else:
+        names = [spec]
+    return [p if p.is_absolute() else path.parent / p for p in map(Path, names)]
+
+
+def _data_file_field(fp: BinaryIO) -> tuple[str | None, list[str]]:
+    """The value of an NRRD header's ``data file`` field and, for ``LIST``, the names after it."""
+    for raw in fp:
+        line = raw.decode("latin-1").rstrip("\r\n")
+        if not line:  # the header ends at the first empty line: attached data follows
             break
         match = _NHDR_DATA_FILE.match(line)
-        if not match:
-            continue
-        spec = match.group(1).strip()
-        if spec.upper().startswith("LIST"):
-            names = [n for n in lines[index + 1 :] if n.strip()]
-        elif "%" in spec:
-            pattern, start, stop, step = (spec.split() + ["", "", "1"])[:4]
-            names = [pattern % i for i in range(int(start), int(stop) + 1, int(step))]
-        else:
-            names = [spec]
-        return [p if p.is_absolute() else path.parent / p for p in map(Path, names)]
-    return []
+        if match:
+            spec = match.group(1).strip()
+            listed = [n.decode("latin-1").strip() for n in fp] if spec.upper().startswith("LIST") else []
+            return spec, [n for n in listed if n]
+    return None, []
 
 
 def safe_id(text: str, fallback: str = "image") -> str:
@@ -212,7 +228,8 @@ class DiscoveredImage:
         series_uid: SeriesInstanceUID of a DICOM series.
         suffix: the file's image ending, lower case (``".nii.gz"``); None for DICOM.
         files: the files that make the image: a series' files, a ``.nhdr`` and its data file(s).
-        error: set for an input already known to be unusable (an unreadable DICOM file).
+        error: set for an input already known to be unusable (an unreadable DICOM file or
+            ``.nhdr`` header).
     """
 
     id: str
@@ -234,7 +251,8 @@ class Discovery:
     """What :func:`discover` found under a root.
 
     Attributes:
-        images: DICOM image series, then image files, then unreadable DICOM files (``error`` set).
+        images: DICOM image series, then image files, then unreadable DICOM files (``error`` set
+            for those and for unreadable ``.nhdr`` headers).
         skipped: one line per DICOM series that is no image (SEG, SR, presentation state ...).
         scan_error: why the DICOM scan of the root found nothing, when it failed (e.g. no DICOM
             file at all); the image files are still listed.
@@ -271,6 +289,50 @@ def _folder_id(folder: Path, root: Path) -> str:
     return safe_id(root.resolve().name if rel == "." else rel)
 
 
+def _series_images(series: list[SeriesInfo], root: Path) -> list[DiscoveredImage]:
+    """One item per DICOM image series, named by its folder (see the module docstring)."""
+    folder_of: dict[str, Path | None] = {}
+    for info in series:
+        parents = {Path(f).parent for f in info.files}
+        folder_of[info.uid] = parents.pop() if len(parents) == 1 else None
+    sharing = Counter(folder_of.values())
+    items = []
+    for info in series:
+        folder, files = folder_of[info.uid], tuple(map(Path, info.files))
+        if folder is not None and sharing[folder] == 1:
+            items.append(DiscoveredImage(_folder_id(folder, root), folder, "dicom", info.uid, files=files))
+            continue
+        prefix = _folder_id(folder, root) if folder is not None else safe_id(root.resolve().name)
+        image_id = safe_id(f"{prefix}_{info.uid.rsplit('.', 1)[-1]}")
+        items.append(DiscoveredImage(image_id, root, "dicom", info.uid, files=files))
+    return items
+
+
+def _file_image(path: Path, root: Path) -> DiscoveredImage:
+    """The item of one NIfTI/NRRD file; a ``.nhdr`` lists its data files (or says why it cannot)."""
+    suffix = image_suffix(path.name)
+    files, error = (path,), None
+    if suffix == ".nhdr":
+        try:
+            files = (path, *nrrd_data_files(path))
+        except InputError as exc:  # reported with this input, the others still go
+            error = str(exc)
+    image_id = safe_id(strip_image_suffix(os.path.relpath(path, root)))
+    return DiscoveredImage(
+        image_id, path, file_format(path.name) or "", suffix=suffix, files=files, error=error
+    )
+
+
+def _unique_ids(items: list[DiscoveredImage]) -> list[DiscoveredImage]:
+    """Later items whose id is taken get ``_2``, ``_3`` ... appended."""
+    seen: Counter = Counter()
+    unique = []
+    for item in items:
+        seen[item.id] += 1
+        unique.append(item if seen[item.id] == 1 else replace(item, id=f"{item.id}_{seen[item.id]}"))
+    return unique
+
+
 def discover(root: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> Discovery:
     """Every input image under a folder, recursively: DICOM series and NIfTI/NRRD files, with stable ids.
 
@@ -291,64 +353,31 @@ def discover(root: str | os.PathLike, *, exclude: str | os.PathLike | None = Non
         raise InputError(f"{base} is not a folder; give a folder of DICOM series or NIfTI/NRRD files")
     result = Discovery()
     found: list[DiscoveredImage] = []
+    unreadable = []
     try:
         scan = scan_folder(base)
-    except InputError as exc:
-        result.scan_error, scan = exc, None
-    if scan is not None:
-        series = []
+    except InputError as exc:  # e.g. no DICOM file at all: the image files still count
+        result.scan_error = exc
+    else:
         for s in scan.series:
-            if s.info.image:
-                series.append(s.info)
-            else:
+            if not s.info.image:
                 where = os.path.relpath(Path(s.info.files[0]).parent, base) if s.info.files else "."
                 result.skipped.append(f"{where}: series {s.info.summary()} is not an image series")
-        folder_of: dict[str, Path | None] = {}
-        for info in series:
-            parents = {Path(f).parent for f in info.files}
-            folder_of[info.uid] = parents.pop() if len(parents) == 1 else None
-        sharing: dict[Path | None, int] = {}
-        for folder in folder_of.values():
-            sharing[folder] = sharing.get(folder, 0) + 1
-        for info in series:
-            folder = folder_of[info.uid]
-            if folder is not None and sharing[folder] == 1:
-                found.append(
-                    DiscoveredImage(
-                        _folder_id(folder, base),
-                        folder,
-                        "dicom",
-                        info.uid,
-                        files=tuple(map(Path, info.files)),
-                    )
-                )
-            else:
-                prefix = _folder_id(folder, base) if folder is not None else safe_id(base.resolve().name)
-                image_id = safe_id(f"{prefix}_{info.uid.rsplit('.', 1)[-1]}")
-                found.append(
-                    DiscoveredImage(image_id, base, "dicom", info.uid, files=tuple(map(Path, info.files)))
-                )
-    for path in _image_files(base, Path(exclude) if exclude is not None else None):
-        suffix = image_suffix(path.name)
-        files = (path, *nrrd_data_files(path)) if suffix == ".nhdr" else (path,)
-        image_id = safe_id(strip_image_suffix(os.path.relpath(path, base)))
-        found.append(
-            DiscoveredImage(image_id, path, file_format(path.name) or "", suffix=suffix, files=files)
-        )
-    for bad in scan.unreadable if scan is not None else ():
+        found += _series_images([s.info for s in scan.series if s.info.image], base)
+        unreadable = scan.unreadable
+    found += [
+        _file_image(p, base) for p in _image_files(base, Path(exclude) if exclude is not None else None)
+    ]
+    for bad in unreadable:
+        error = f"{bad.path} is a corrupt DICOM file ({bad.reason})"
         found.append(
             DiscoveredImage(
                 safe_id(os.path.relpath(bad.path, base)),
                 Path(bad.path),
                 "dicom",
                 files=(Path(bad.path),),
-                error=f"{bad.path} is a corrupt DICOM file ({bad.reason})",
+                error=error,
             )
         )
-    seen: dict[str, int] = {}
-    for item in found:
-        seen[item.id] = seen.get(item.id, 0) + 1
-        if seen[item.id] > 1:
-            item = replace(item, id=f"{item.id}_{seen[item.id]}")
-        result.images.append(item)
+    result.images = _unique_ids(found)
     return result
