@@ -1,4 +1,4 @@
-"""DICOM SEG writer and reader (medseg.segment.dicom_seg) on real data: no network involved.
+"""DICOM SEG writer and reader (medseg.io.dicom_seg) on real data: no network involved.
 
 * real third-party SEGs (dcmqi / Slicer: binary, overlapping, label-map with and without pixel
   padding) are mapped onto their source CT grids and compared with the NRRD label maps shipped
@@ -19,8 +19,8 @@ import pytest
 
 from medseg.errors import DicomError, GeometryError, SeriesSelectionError
 from medseg.io import load_image
+from medseg.io.dicom_seg import RESEARCH_ONLY
 from medseg.segment import read_seg, resample_labels_nearest, segment_specs, write_seg
-from medseg.segment.dicom_seg import RESEARCH_ONLY
 
 HIPPO_LABELS = {0: "background", 1: "anterior hippocampus", 2: "posterior hippocampus"}
 

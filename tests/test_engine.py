@@ -155,7 +155,7 @@ def test_one_hot_d_equals_monai_as_discreted() -> None:
     from monai.data import MetaTensor
     from monai.transforms import AsDiscreted
 
-    from medseg.transforms import OneHotd
+    from medseg.postprocess import OneHotd
 
     generator = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 3, (3, 9, 8, 7), generator=generator).float()  # many ties

@@ -463,7 +463,7 @@ def test_series_option_picks_one_series_of_a_folder(
 def test_argmax_channels_equals_torch_argmax() -> None:
     import torch
 
-    from medseg.transforms import argmax_channels
+    from medseg.postprocess import argmax_channels
 
     generator = torch.Generator().manual_seed(0)
     for channels in (1, 2, 3, 7):

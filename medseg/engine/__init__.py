@@ -5,7 +5,6 @@ configs; this package adds the handlers MONAI lacks (atomic checkpoints, resume,
 CSV log, training-curve plot, progress bar) and runs bundles for the CLI.
 """
 
-from medseg.engine.batch import prepare_plain_batch
 from medseg.engine.handlers import (
     AtomicCheckpointSaver,
     CaseLog,
@@ -15,6 +14,7 @@ from medseg.engine.handlers import (
     ResumeFromLatest,
     TrainingCurvePlot,
 )
+from medseg.engine.prepare_batch import prepare_plain_batch
 
 __all__ = [
     "AtomicCheckpointSaver",

@@ -6,6 +6,9 @@ Public API:
 * :class:`MedsegReader` -- the same as a MONAI ``ImageReader`` (``reader="medseg.io.MedsegReader"``).
 * :func:`scan_series` -- list the DICOM series under a folder with their geometry problems.
 * :func:`save_nifti` -- write a MetaTensor as NIfTI, atomically, with sform and qform.
+* :func:`discover` / :func:`image_format` -- the input images under a folder (stable ids), the
+  format of one path; the one table of image formats is :mod:`medseg.io.formats`.
+* :func:`write_seg` / :func:`read_seg` -- DICOM SEG writer and reader (:mod:`medseg.io.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. They are imported on first use (PEP 562), so that reading a DICOM
 # series (medseg.io.dicom: pydicom and numpy only) does not pay for importing torch and MONAI.
 _EXPORTS = {
-    "LoadImaged": "medseg.io.transforms",
+    "LoadImaged": "medseg.io.loadimage",
     "load_image": "medseg.io.image",
     "read_image": "medseg.io.image",
     "read_dicom": "medseg.io.dicom",
@@ -25,6 +28,10 @@ _EXPORTS = {
     "scan_folder": "medseg.io.dicom",
     "SeriesInfo": "medseg.io.dicom",
     "MedsegReader": "medseg.io.reader",
+    "discover": "medseg.io.formats",
+    "image_format": "medseg.io.formats",
+    "write_seg": "medseg.io.dicom_seg",
+    "read_seg": "medseg.io.dicom_seg",
 }
 
 __all__ = [
@@ -37,13 +44,19 @@ __all__ = [
     "scan_folder",
     "SeriesInfo",
     "MedsegReader",
+    "discover",
+    "image_format",
+    "write_seg",
+    "read_seg",
 ]
 
 if TYPE_CHECKING:
     from medseg.io.dicom import SeriesInfo, read_dicom, scan_folder, scan_series
+    from medseg.io.dicom_seg import read_seg, write_seg
+    from medseg.io.formats import discover, image_format
     from medseg.io.image import load_image, read_image, save_nifti
+    from medseg.io.loadimage import LoadImaged
     from medseg.io.reader import MedsegReader
-    from medseg.io.transforms import LoadImaged
 
 
 def __getattr__(name: str) -> Any:

@@ -60,6 +60,7 @@ __all__ = [
     "scan_series",
     "read_dicom",
     "is_dicom_file",
+    "functional_group_item",
     "DECODERS",
 ]
 
@@ -248,8 +249,17 @@ def _text(ds: Any, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _functional_item(ds: Any, frame_index: int, sequence: str) -> Any | None:
-    """The first item of a functional group macro for one frame: per-frame first, then shared."""
+def functional_group_item(ds: Any, frame_index: int, sequence: str) -> Any | None:
+    """The first item of a functional group macro for one frame of a multi-frame object, or None.
+
+    The per-frame functional group wins over the shared one, as PS3.3 C.7.6.16 says.
+
+    Args:
+        ds: an enhanced multi-frame dataset (image or SEG).
+        frame_index: zero-based frame index.
+        sequence: keyword of the macro's sequence, e.g. ``"PlanePositionSequence"``.
+    """
+    # highdicom >= 0.24 parses functional groups itself (highdicom.Image); 0.22 (MONAI Label stack) does not
     per_frame = ds.get("PerFrameFunctionalGroupsSequence", None)
     shared = ds.get("SharedFunctionalGroupsSequence", None)
     candidates = []
@@ -327,18 +337,18 @@ def _parse_header(path: str, ds: Any, pixel_offset: int) -> _Header | None:
         slope = _float(ds.get("RescaleSlope", None))
         intercept = _float(ds.get("RescaleIntercept", None))
         if enhanced:
-            item = _functional_item(ds, index, "PlanePositionSequence")
+            item = functional_group_item(ds, index, "PlanePositionSequence")
             if item is not None:
                 position = _floats(item.get("ImagePositionPatient", None), 3)
-            item = _functional_item(ds, index, "PlaneOrientationSequence")
+            item = functional_group_item(ds, index, "PlaneOrientationSequence")
             if item is not None:
                 orientation = _floats(item.get("ImageOrientationPatient", None), 6)
-            item = _functional_item(ds, index, "PixelMeasuresSequence")
+            item = functional_group_item(ds, index, "PixelMeasuresSequence")
             if item is not None:
                 spacing = _floats(item.get("PixelSpacing", None), 2) or spacing
                 thickness = _float(item.get("SliceThickness", None)) or thickness
                 between = _float(item.get("SpacingBetweenSlices", None)) or between
-            item = _functional_item(ds, index, "PixelValueTransformationSequence")
+            item = functional_group_item(ds, index, "PixelValueTransformationSequence")
             if item is not None:
                 slope = _float(item.get("RescaleSlope", None))
                 intercept = _float(item.get("RescaleIntercept", None))

@@ -139,6 +139,7 @@ def analyse_stack(
         problems.append(GeometryProblem(GeometryError, f"{label} has a non-finite ImagePositionPatient"))
         return StackGeometry(np.arange(n), normal, normal.copy(), float("nan"), 0.0, 0.0, tuple(problems))
     depth = pos @ normal
+    # highdicom >= 0.24 sorts and checks stacks (spatial.get_volume_positions); 0.22 (MONAI Label stack) cannot
     # stable sort so that identical positions keep a reproducible order for the message
     order = np.argsort(depth, kind="stable")
     sorted_names = [names[i] for i in order] if names else None
@@ -246,6 +247,7 @@ def lps_affine(
 
 def lps_to_ras(affine: np.ndarray) -> np.ndarray:
     """Convert an LPS affine to RAS (or back) by negating the first two world axes."""
+    # highdicom >= 0.24 has spatial.convert_affine_to_convention; 0.22 (MONAI Label stack) has not
     out = np.array(affine, dtype=np.float64, copy=True)
     sr = out.shape[0] - 1
     flip = np.ones(sr + 1)

@@ -19,7 +19,8 @@ from numpy.typing import DTypeLike
 from medseg.errors import GeometryError, InputError
 from medseg.io import prefetch
 from medseg.io.atomic import atomic_write
-from medseg.io.dicom import is_dicom_file, read_dicom
+from medseg.io.dicom import read_dicom
+from medseg.io.formats import NIFTI_SUFFIXES, image_format
 from medseg.io.geometry import lps_to_ras
 
 if TYPE_CHECKING:  # torch and MONAI are imported where used: reading alone does not need them
@@ -27,9 +28,6 @@ if TYPE_CHECKING:  # torch and MONAI are imported where used: reading alone does
     from monai.data import MetaTensor
 
 __all__ = [
-    "NIFTI_SUFFIXES",
-    "NRRD_SUFFIXES",
-    "image_format",
     "read_image",
     "read_nifti",
     "read_nrrd",
@@ -38,33 +36,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-NRRD_SUFFIXES = (".nrrd", ".nhdr")
-
-
-def image_format(path: str | os.PathLike) -> str:
-    """``"dicom"``, ``"nifti"`` or ``"nrrd"`` for a path; a folder is a DICOM series.
-
-    Raises:
-        InputError: the path does not exist or is of another format.
-    """
-    p = Path(path)
-    if p.is_dir():
-        return "dicom"
-    if not p.exists():
-        raise InputError(f"{p} does not exist; give a DICOM folder, a NIfTI or an NRRD file")
-    name = p.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(NRRD_SUFFIXES):
-        return "nrrd"
-    if is_dicom_file(p):
-        return "dicom"
-    raise InputError(
-        f"{p} is not a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or DICOM file (no DICM preamble); "
-        "convert it to one of these first"
-    )
 
 
 def _check_finite(array: np.ndarray, path: str | os.PathLike) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 from monai.data import ImageReader
 
 from medseg.io.dicom import DECODERS, is_dicom_file
-from medseg.io.image import NIFTI_SUFFIXES, NRRD_SUFFIXES, read_image
+from medseg.io.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medseg.io.image import read_image
 
 __all__ = ["MedsegReader"]
 
@@ -63,7 +64,7 @@ class MedsegReader(ImageReader):
         """
         for name in _names(filename):
             lower = name.lower()
-            if Path(name).is_dir() or lower.endswith(NIFTI_SUFFIXES + NRRD_SUFFIXES + (".dcm",)):
+            if Path(name).is_dir() or lower.endswith(IMAGE_SUFFIXES + DICOM_SUFFIXES):
                 continue
             if not is_dicom_file(name):
                 return False

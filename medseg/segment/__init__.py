@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medseg.segment.batch import BatchResult, InputItem, discover_inputs, run_inputs
-from medseg.segment.concepts import SegmentSpec, segment_specs
-from medseg.segment.dicom_seg import SegSegment, SegVolume, read_seg, write_seg
+from medseg.io.dicom_seg import SegSegment, SegVolume, read_seg, write_seg
+from medseg.io.seg_concepts import SegmentSpec, segment_specs
+from medseg.segment.inputs import BatchResult, InputItem, discover_inputs, run_inputs
 from medseg.segment.overlay import render_overlay
 from medseg.segment.pipeline import OUTPUT_FILES, Segmenter, SegmentResult, resample_labels_nearest
 from medseg.segment.suitability import (
@@ -67,7 +67,7 @@ def segment(
     progress: bool = False,
     segmenter: Segmenter | None = None,
 ) -> BatchResult:
-    """Segment one input, or every input of a folder, with a bundle (see :mod:`medseg.segment.batch`).
+    """Segment one input, or every input of a folder, with a bundle (see :mod:`medseg.segment.inputs`).
 
     A single input's error is raised (a :class:`medseg.errors.MedsegError`); in a batch, failures
     are collected in :attr:`BatchResult.failures` and the other inputs still run.

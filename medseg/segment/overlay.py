@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.io.atomic import atomic_write
-from medseg.segment.dicom_seg import RESEARCH_ONLY
+from medseg.io.dicom_seg import RESEARCH_ONLY
 
 __all__ = ["render_overlay", "overlay_slices"]
 

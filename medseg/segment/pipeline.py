@@ -42,8 +42,9 @@ from medseg import __version__, background
 from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError, cause_chain, first_line
 from medseg.io.atomic import atomic_write_json
-from medseg.segment.concepts import SegmentSpec, segment_specs
-from medseg.segment.dicom_seg import write_seg
+from medseg.io.dicom_seg import write_seg
+from medseg.io.formats import file_format
+from medseg.io.seg_concepts import SegmentSpec, segment_specs
 from medseg.segment.suitability import Suitability, check_suitability, image_geometry
 
 __all__ = [
@@ -499,7 +500,7 @@ class Segmenter:
         """Class label per voxel of the preprocessed (C, X, Y, Z) image, on its grid."""
         import torch
 
-        from medseg.transforms import argmax_channels
+        from medseg.postprocess import argmax_channels
 
         x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].float()
         autocast = (
@@ -718,9 +719,7 @@ class Segmenter:
                 "task": self.bundle.metadata.get("task", ""),
             },
             "input": {
-                "format": "dicom"
-                if is_dicom
-                else ("nrrd" if filename.lower().endswith((".nrrd", ".nhdr")) else "nifti"),
+                "format": "dicom" if is_dicom else (file_format(filename) or "nifti"),
                 "series_uid": meta.get("series_uid"),
                 "series_description": meta.get("series_description"),
                 "study_uid": meta.get("study_uid"),

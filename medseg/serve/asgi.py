@@ -46,6 +46,7 @@ from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedsegError
+from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix
 from medseg.serve import worker
 from medseg.serve.worker import JobError, error_status
 
@@ -53,7 +54,7 @@ __all__ = ["app", "api", "stock_app", "INFER_POOL"]
 
 logger = logging.getLogger("medseg.serve")
 
-UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+UPLOAD_SUFFIXES = SELF_CONTAINED_SUFFIXES  # one file must hold the whole image: no .nhdr
 INFER_WORKERS = max(1, int(os.environ.get("MEDSEG_SERVE_INFER_WORKERS", "1")))
 
 
@@ -98,8 +99,8 @@ for _target in (api, stock_app):
 
 def _save_upload(upload: UploadFile) -> str:
     name = os.path.basename(upload.filename or "image.nii.gz")
-    suffix = next((s for s in UPLOAD_SUFFIXES if name.lower().endswith(s)), None)
-    if suffix is None:
+    suffix = image_suffix(name)
+    if suffix not in UPLOAD_SUFFIXES:
         raise HTTPException(
             status_code=415,
             detail=f"upload {name!r} is not a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file; convert it first "

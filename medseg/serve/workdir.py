@@ -30,6 +30,7 @@ from pathlib import Path
 from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError, InputError, MedsegError
 from medseg.io.atomic import atomic_copy
+from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix, strip_image_suffix
 
 __all__ = [
     "PreparedWorkdir",
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_TEMPLATE = REPO_ROOT / "workflows" / "label" / "app" / "main.py"
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 SHIPPED_BUNDLE_PARTS = ("configs", "docs", "LICENSE")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -154,20 +154,13 @@ class MirrorReport:
 
 
 def _image_id(name: str) -> str:
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_image_suffix(name)
 
 
 def _image_suffix(name: str) -> str | None:
-    lower = name.lower()
-    return next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), None)
-
-
-def _safe_id(text: str) -> str:
-    return _ID_UNSAFE.sub("_", text).strip("_") or "image"
+    """The ending of an image file that can be linked into the datastore alone (not ``.nhdr``)."""
+    suffix = image_suffix(name)
+    return suffix if suffix in SELF_CONTAINED_SUFFIXES else None
 
 
 def _place_link(src: Path, dest: Path) -> None:
@@ -213,70 +206,41 @@ def _mirror_msd(src: Path, datastore: Path, report: MirrorReport) -> None:
 
 def _mirror_folder(src: Path, datastore: Path, report: MirrorReport) -> None:
     from medseg.io import load_image, save_nifti
-    from medseg.io.dicom import is_dicom_file, scan_folder
+    from medseg.io.formats import discover
 
-    dicom_seen = False
-    used: set[str] = set(report.images)
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            path = Path(dirpath) / filename
-            suffix = _image_suffix(filename)
-            if filename.startswith("."):
-                continue
-            if suffix is not None:
-                rel = path.relative_to(src)
-                image_id = _safe_id(_image_id(str(rel).replace(os.sep, "_")))
-                if image_id in used:
-                    report.skipped.append(f"{path}: image id {image_id} already used")
-                    continue
-                used.add(image_id)
-                _place_link(path.resolve(), datastore / f"{image_id}{suffix}")
-                report.images.append(image_id)
-            elif not dicom_seen and is_dicom_file(path):
-                dicom_seen = True
-    if not dicom_seen:
-        return
-    scan = scan_folder(src)
-    for bad in scan.unreadable:
-        report.skipped.append(f"{bad.path}: {bad.reason}")
-    converted_dir = datastore
-    for series in scan.series:
-        info = series.info
-        first = Path(info.files[0]).parent if info.files else src
-        rel = first.relative_to(src) if first != src else Path(src.name)
-        if not info.image:
-            report.skipped.append(f"{rel}: series {info.summary()} is not an image series")
+    found = discover(src)
+    report.skipped.extend(found.skipped)
+    for item in found.images:
+        if item.error is not None:
+            report.skipped.append(item.error)
             continue
-        base = _safe_id(str(rel).replace(os.sep, "_"))
-        same_folder = [
-            s for s in scan.series if s.info.image and s.info.files and Path(s.info.files[0]).parent == first
-        ]
-        image_id = base if len(same_folder) == 1 else f"{base}_{info.uid.rsplit('.', 1)[-1]}"
-        if image_id in used:
-            image_id = f"{image_id}_{hashlib.sha1(info.uid.encode()).hexdigest()[:8]}"
-        used.add(image_id)
-        out = converted_dir / f"{image_id}.nii.gz"
-        stamp = converted_dir / ".converted" / f"{image_id}.json"
+        if item.self_contained:
+            _place_link(item.path.resolve(), datastore / f"{item.id}{item.suffix}")
+            report.images.append(item.id)
+            continue
+        # a DICOM series or a detached NRRD header (.nhdr): converted to NIfTI in the workdir
+        out = datastore / f"{item.id}.nii.gz"
+        stamp = datastore / ".converted" / f"{item.id}.json"
         key = {
-            "series_uid": info.uid,
-            "files": len(info.files),
-            "mtime": max(os.path.getmtime(f) for f in info.files),
+            "series_uid": item.series_uid,
+            "files": len(item.files),
+            "mtime": max((os.path.getmtime(f) for f in item.files if os.path.exists(f)), default=0.0),
         }
         if out.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
-            report.images.append(image_id)
-            report.converted.append(image_id)
+            report.images.append(item.id)
+            report.converted.append(item.id)
             continue
+        rel = item.path.relative_to(src) if item.path != src else Path(src.name)
         try:
-            image = load_image(first if len(same_folder) == 1 else src, series_uid=info.uid, dtype=None)
+            image = load_image(item.path, series_uid=item.series_uid, dtype=None)
         except MedsegError as exc:
             report.skipped.append(f"{rel}: {exc}")
             continue
         save_nifti(image, out)
         stamp.parent.mkdir(exist_ok=True)
         stamp.write_text(json.dumps(key))
-        report.images.append(image_id)
-        report.converted.append(image_id)
+        report.images.append(item.id)
+        report.converted.append(item.id)
 
 
 def mirror_studies(studies: str | os.PathLike, datastore: str | os.PathLike) -> MirrorReport:
@@ -284,9 +248,9 @@ def mirror_studies(studies: str | os.PathLike, datastore: str | os.PathLike) -> 
 
     * an MSD task folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``): images are linked, labels
       copied into ``labels/final/`` so that ``/train`` has data;
-    * any other folder: NIfTI/NRRD files are linked (ids from their relative paths), DICOM series
-      are validated and converted to NIfTI (ids from their folders); series that fail validation
-      are skipped and reported.
+    * any other folder: NIfTI/NRRD files are linked, DICOM series and detached NRRD headers
+      (``.nhdr``) are validated and converted to NIfTI; ids as :func:`medseg.io.formats.discover`
+      gives them. Series that fail validation are skipped and reported.
 
     Links and converted files of earlier runs that no longer match the source are removed.
 

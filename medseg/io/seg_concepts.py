@@ -244,6 +244,7 @@ def rgb_to_dicom_lab(rgb: Sequence[int]) -> list[int]:
 
     DICOM scales L* 0..100 and a*, b* -128..127 linearly to 0..65535 (PS3.3 C.10.7.1.1).
     """
+    # highdicom >= 0.27 has color.CIELabColor.from_rgb; 0.22 (MONAI Label stack) has not
     r, g, b = (_srgb_to_linear(v / 255.0) for v in rgb)
     x = (0.4124564 * r + 0.3575761 * g + 0.1804375 * b) / 0.95047
     y = 0.2126729 * r + 0.7151522 * g + 0.0721750 * b

@@ -3,21 +3,19 @@
 * a NIfTI/NRRD/DICOM file, a folder holding exactly one DICOM image series (and no image files),
   or any folder with ``--series UID``: a single input, outputs straight into OUTDIR;
 * any other folder: a batch of every DICOM image series and every NIfTI/NRRD file under it
-  (recursively), each into ``OUTDIR/<name>/``. The name of a series is the folder that holds it
-  (relative to INPUT) when no other series shares that folder, else its SeriesInstanceUID; the
-  name of a file is its path relative to INPUT without the extension. Non-image DICOM objects
-  (SEG, SR, presentation states) are skipped; unreadable DICOM files are reported as failures.
-  A failure of one input does not stop the others.
+  (recursively), each into ``OUTDIR/<name>/``. The names are the ids of :func:`medseg.io.formats.discover`
+  (the same as ``medseg serve`` gives its datastore images): a series' folder relative to INPUT, a
+  file's relative path without the extension. Non-image DICOM objects (SEG, SR, presentation
+  states) are skipped; unreadable DICOM files are reported as failures. A failure of one input
+  does not stop the others.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +26,6 @@ from medseg.errors import InputError, MedsegError
 __all__ = ["InputItem", "BatchResult", "discover_inputs", "run_inputs"]
 
 logger = logging.getLogger(__name__)
-
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr")
 
 
 @dataclass(frozen=True)
@@ -68,32 +64,6 @@ class BatchResult:
         return not self.failures
 
 
-def _safe(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return cleaned or "input"
-
-
-def _strip_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in _IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _image_files(root: Path, exclude: Path | None = None) -> list[Path]:
-    found = []
-    skip = exclude.resolve() if exclude is not None else None
-    for dirpath, dirnames, filenames in os.walk(root):
-        if skip is not None:  # never take earlier results (OUTDIR inside INPUT) for inputs
-            dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).resolve() != skip]
-        dirnames.sort()
-        for filename in sorted(filenames):
-            if filename.lower().endswith(_IMAGE_SUFFIXES) and not filename.startswith("."):
-                found.append(Path(dirpath) / filename)
-    return found
-
-
 def discover_inputs(
     path: str | os.PathLike, series_uid: str | None = None, exclude: str | os.PathLike | None = None
 ) -> tuple[list[InputItem], bool]:
@@ -107,8 +77,7 @@ def discover_inputs(
     Raises:
         InputError (and subclasses): the path does not exist, or holds nothing to segment.
     """
-    from medseg.io.dicom import scan_folder
-    from medseg.io.image import image_format
+    from medseg.io.formats import discover, image_format
 
     root = Path(path)
     if not root.exists():
@@ -118,53 +87,16 @@ def discover_inputs(
             raise InputError(f"--series applies to DICOM input only, but {root} is not DICOM")
         return [InputItem("", root, series_uid)], True
 
-    files = _image_files(root, Path(exclude) if exclude is not None else None)
-    try:
-        scan = scan_folder(root)
-        series, unreadable = [s for s in scan.series if s.info.image], scan.unreadable
-    except InputError:
-        if not files:
-            raise
-        series, unreadable = [], []
+    found = discover(root, exclude=exclude)
+    series, files = found.series, found.files
+    if found.scan_error is not None and not files:
+        raise found.scan_error
     if len(series) == 1 and not files:
         return [InputItem("", root, None)], True  # errors (corrupt files, geometry) surface on loading
     if not series and not files:
         # only non-image DICOM, or nothing readable: let the loader say exactly what is wrong
         return [InputItem("", root, None)], True
-
-    items: list[InputItem] = []
-    folders = Counter()
-    folder_of = {}
-    for s in series:
-        parents = {str(Path(f).parent) for f in s.info.files}
-        folder_of[s.info.uid] = parents.pop() if len(parents) == 1 else None
-        if folder_of[s.info.uid] is not None:
-            folders[folder_of[s.info.uid]] += 1
-    for s in series:
-        folder = folder_of[s.info.uid]
-        own = folder is not None and folders[folder] == 1 and Path(folder) != root
-        name = _safe(os.path.relpath(folder, root)) if own else _safe(s.info.uid)
-        # load from the series' own folder when it has one: faster, and other folders' problems stay out
-        items.append(InputItem(name, Path(folder) if own else root, s.info.uid))
-    for f in files:
-        items.append(InputItem(_safe(_strip_suffix(os.path.relpath(f, root))), f, None))
-    for bad in unreadable:
-        items.append(
-            InputItem(
-                _safe(os.path.relpath(bad.path, root)),
-                Path(bad.path),
-                None,
-                error=f"{bad.path} is a corrupt DICOM file ({bad.reason})",
-            )
-        )
-    # unique names
-    seen: Counter = Counter()
-    unique = []
-    for item in items:
-        seen[item.name] += 1
-        name = item.name if seen[item.name] == 1 else f"{item.name}_{seen[item.name]}"
-        unique.append(InputItem(name, item.path, item.series_uid, item.error))
-    return unique, False
+    return [InputItem(i.id, i.path, i.series_uid, i.error) for i in found.images], False
 
 
 def run_inputs(

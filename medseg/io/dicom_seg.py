@@ -1,7 +1,7 @@
 """DICOM SEG: write a label map as a highdicom Segmentation, and read any SEG back onto its source grid.
 
 Writer (:func:`write_seg`)
-    One BINARY segment per foreground label, coded as :mod:`medseg.segment.concepts` says (category,
+    One BINARY segment per foreground label, coded as :mod:`medseg.io.seg_concepts` says (category,
     type, type modifiers, CIELab display colour), algorithm identification with the bundle name and
     version (family DCM 123110 "Artificial Intelligence"). The source instances are referenced per
     frame (highdicom's Derivation Image Sequence) and the SEG shares the source's study, patient
@@ -36,8 +36,9 @@ import numpy as np
 
 from medseg.errors import DicomError, GeometryError, InputError, SeriesSelectionError
 from medseg.io.atomic import atomic_write
+from medseg.io.dicom import functional_group_item
 from medseg.io.geometry import lps_to_ras
-from medseg.segment.concepts import Concept, SegmentSpec, rgb_to_dicom_lab
+from medseg.io.seg_concepts import Concept, SegmentSpec, rgb_to_dicom_lab
 
 __all__ = [
     "SEG_SOP_CLASS",
@@ -344,22 +345,6 @@ def _segments(ds: Any) -> list[SegSegment]:
     return sorted(out, key=lambda s: s.number)
 
 
-def _group(ds: Any, index: int, name: str) -> Any | None:
-    """First item of a functional group for frame ``index``: per-frame first, then shared."""
-    holders = []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None)
-    if per_frame is not None and index < len(per_frame):
-        holders.append(per_frame[index])
-    shared = ds.get("SharedFunctionalGroupsSequence", None)
-    if shared is not None and len(shared):
-        holders.append(shared[0])
-    for holder in holders:
-        seq = holder.get(name, None)
-        if seq is not None and len(seq):
-            return seq[0]
-    return None
-
-
 @dataclass
 class _FrameInfo:
     segment: int | None
@@ -371,11 +356,11 @@ class _FrameInfo:
 
 
 def _frame_info(ds: Any, index: int) -> _FrameInfo:
-    ident = _group(ds, index, "SegmentIdentificationSequence")
-    position = _group(ds, index, "PlanePositionSequence")
-    orientation = _group(ds, index, "PlaneOrientationSequence")
-    measures = _group(ds, index, "PixelMeasuresSequence")
-    derivation = _group(ds, index, "DerivationImageSequence")
+    ident = functional_group_item(ds, index, "SegmentIdentificationSequence")
+    position = functional_group_item(ds, index, "PlanePositionSequence")
+    orientation = functional_group_item(ds, index, "PlaneOrientationSequence")
+    measures = functional_group_item(ds, index, "PixelMeasuresSequence")
+    derivation = functional_group_item(ds, index, "DerivationImageSequence")
     ref_uid, ref_frame = None, 1
     if derivation is not None:
         sources = derivation.get("SourceImageSequence", None) or []
