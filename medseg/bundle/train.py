@@ -94,7 +94,7 @@ def evaluate_bundle(
         if not weights.is_file():
             raise BundleError(f"weights file {weights} not found")
         overrides["ckpt_dir"] = str(weights.parent)
-        overrides["validate#handlers#0#load_path"] = str(weights)
+        overrides["checkpointloader#load_path"] = str(weights)
     elif not bundle.weights.is_file():
         raise BundleError(f"bundle {bundle.name} has no models/model.pt: train it first (medseg train)")
     out_json = Path(output).resolve() if output else bundle.root / "runs" / "eval" / "metrics.json"
