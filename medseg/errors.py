@@ -3,10 +3,16 @@
 Every error a user can cause by their input derives from :class:`MedsegError`; the CLI
 prints its message as one line and exits non-zero, without a traceback. Messages say
 what was wrong and what to do about it.
+
+Library code speaks the library's language: an error about an argument names the Python
+parameter (``overlap must be in [0, 1)``) and carries it as ``param``; the command line knows
+which flag sets that parameter and renders the message with the flag instead
+(:meth:`MedsegError.with_flag`), so one message serves both audiences.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 __all__ = [
@@ -23,9 +29,32 @@ __all__ = [
 
 
 class MedsegError(Exception):
-    """Base class of every error medseg raises for bad input or configuration."""
+    """Base class of every error medseg raises for bad input or configuration.
+
+    Args:
+        message: what was wrong and what to do; a parameter is named as in Python (``force=True``,
+            ``series_uid``), not as a command-line flag.
+        param: the Python parameter the error is about, if any; the CLI names its flag instead.
+    """
 
     exit_code: int = 2
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def with_flag(self, flag: str) -> str:
+        """The message with its parameter (``param`` or ``param=True``) named as ``flag``.
+
+        The first mention is replaced; a message that does not mention the parameter gets the flag
+        as a prefix (``--overlap: ...``), so the user always learns which option was wrong.
+        """
+        message = str(self)
+        if not self.param:
+            return message
+        pattern = rf"(?<![\w.-]){re.escape(self.param)}(=True)?(?![\w])"
+        rendered, count = re.subn(pattern, flag, message, count=1)
+        return rendered if count else f"{flag}: {message}"
 
 
 class InputError(MedsegError):
