@@ -508,7 +508,7 @@ def test_channels_last_network_gives_the_same_output(spatial_dims: int) -> None:
     import torch
 
     from medseg.networks import UNet
-    from medseg.segment.pipeline import ChannelsLast
+    from medseg.networks.base import ChannelsLast
 
     torch.manual_seed(0)
     network = UNet(

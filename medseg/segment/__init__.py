@@ -18,11 +18,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medseg.io.geometry import resample_labels_nearest
 from medseg.segment.batch import BatchResult, InputItem, discover_inputs, run_inputs
 from medseg.segment.concepts import SegmentSpec, segment_specs
 from medseg.segment.dicom_seg import SegSegment, SegVolume, read_seg, write_seg
 from medseg.segment.overlay import render_overlay
-from medseg.segment.pipeline import OUTPUT_FILES, Segmenter, SegmentResult, resample_labels_nearest
+from medseg.segment.pipeline import OUTPUT_FILES, Segmenter, SegmentResult
 from medseg.segment.suitability import (
     METADATA_KEYS,
     Suitability,
