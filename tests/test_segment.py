@@ -397,7 +397,7 @@ def test_whole_head_mr_is_unsuitable(keyed_bundle: Path, shared_data: Path) -> N
     head = load_image(shared_data / "dicom" / "brain-mr" / "study1-t1post")
     with pytest.raises(UnsuitableInputError, match="extent_mm") as info:
         check_suitability(head, input_format)
-    assert "spacing_mm" in str(info.value) and "--force" in str(info.value)
+    assert "spacing_mm" in str(info.value) and "force=True" in str(info.value)
     forced = check_suitability(head, input_format, force=True)
     assert forced.forced and not forced.passed
     crop = load_image(shared_data / "dicom" / "hippocampus-crops" / "Study2")
@@ -421,7 +421,7 @@ def test_tta_over_declared_flips(keyed_bundle: Path, crops: Path, tmp_path: Path
     [
         # a writer in this process (the overlay) and one in the forked child (the DICOM SEG)
         ("medseg.segment.overlay", "render_overlay", RuntimeError("disk full")),
-        ("medseg.segment.pipeline", "write_seg", DicomError("cannot reference this series")),
+        ("medseg.segment.outputs", "write_seg", DicomError("cannot reference this series")),
     ],
 )
 def test_failed_writer_leaves_no_output_and_its_error_reaches_the_caller(

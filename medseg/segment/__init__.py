@@ -22,8 +22,9 @@ from medseg.io.geometry import resample_labels_nearest
 from medseg.segment.batch import BatchResult, InputItem, discover_inputs, run_inputs
 from medseg.segment.concepts import SegmentSpec, segment_specs
 from medseg.segment.dicom_seg import SegSegment, SegVolume, read_seg, write_seg
+from medseg.segment.outputs import OUTPUT_FILES, SegmentResult
 from medseg.segment.overlay import render_overlay
-from medseg.segment.pipeline import OUTPUT_FILES, Segmenter, SegmentResult
+from medseg.segment.pipeline import Segmenter
 from medseg.segment.suitability import (
     METADATA_KEYS,
     Suitability,
