@@ -42,7 +42,8 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> Mappi
     """Read a network's state dict from a checkpoint file, safely (``torch.load(weights_only=True)``).
 
     A checkpoint holding the state dict under ``"model"``, ``"state_dict"`` or ``"network"``
-    (:data:`STATE_DICT_KEYS`, possibly nested) is unwrapped; a bare state dict is returned as is.
+    (:data:`STATE_DICT_KEYS`, looked up in that order, each at most once) is unwrapped; a bare state
+    dict is returned as is.
 
     Args:
         path: the checkpoint file (``models/model.pt``).
