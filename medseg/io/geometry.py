@@ -279,6 +279,10 @@ def resample_labels_nearest(
     scaling, shifts: what Orientation, Spacing, crops and pads produce) are done per axis without
     a coordinate grid; oblique ones in chunks of ``chunk_voxels``.
 
+    ``scipy.ndimage.affine_transform(order=0)`` gives the same labels on generic oblique mappings,
+    but rounds ties half up: an in-plane rotated series mapped from a 2 mm network grid (half-voxel
+    offsets along the slices) then differs in about a sixth of the voxels, so it is not used.
+
     Args:
         labels: source label volume (X, Y, Z).
         src_affine: its voxel-to-world affine.
