@@ -187,9 +187,8 @@ class Segmenter:
         self.device = self._check_device(device)
         self.tta = tta
         self.parallel_outputs = parallel_outputs
-        inputs = self.bundle.metadata.get("network_data_format", {}).get("inputs", {})
-        self.input_format: Mapping[str, Any] = inputs.get("image", {})
-        self.input_key = next(iter(inputs or {"image": None}), "image")
+        self.input_format: Mapping[str, Any] = self.bundle.input_format
+        self.input_key = self.bundle.input_key
 
         inference = load_inference(self.bundle, self.device, config, adjust=self._adjust_config)
         self.preprocessing = inference.preprocessing
