@@ -169,3 +169,31 @@ def test_multilabel_bundle_is_refused_from_the_parsed_postprocessing(tmp_path: P
     path.write_text(json.dumps(config))
     with pytest.raises(BundleError, match="sigmoid"):
         Segmenter(root)
+
+
+def test_str_names_the_flag_only_inside_flag_names() -> None:
+    from medseg.errors import flag_names
+
+    exc = InputError("use force=True to go on", param="force")
+    with flag_names(flag_of):
+        assert str(exc) == "use --force to go on"
+    assert str(exc) == "use force=True to go on"
+
+
+def test_batch_failure_lines_name_the_flag(shared_data: Path, tmp_path: Path, capsys) -> None:
+    """Failures a batch collects as text are rendered while the CLI runs: they name --force too."""
+    batch = tmp_path / "in"
+    for name, source in [
+        ("ct", shared_data / "dicom" / "ct-liver-seg" / "23x38x3" / "image"),
+        ("mr", shared_data / "dicom" / "hippocampus-crops" / "Study1"),
+    ]:
+        (batch / name).mkdir(parents=True)
+        for path in source.iterdir():
+            (batch / name / path.name).symlink_to(path)
+    code = main(
+        ["segment", str(batch), "--bundle", str(BUNDLE), "--output", str(tmp_path / "o"), "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    failure = next(line for line in err.splitlines() if line.strip().startswith("ct:"))
+    assert "use --force to segment it anyway" in failure

@@ -3,7 +3,8 @@
 Each subcommand lives in its own module under :mod:`medseg.cli` and exposes
 ``add_parser(subparsers)`` which registers the subcommand and sets ``func``.
 Errors derived from :class:`medseg.errors.MedsegError` are printed as one line; an error about a
-Python parameter (``exc.param``) names the command-line flag that sets it (:func:`flag_of`).
+Python parameter (``exc.param``) names the command-line flag that sets it (:func:`flag_of`), also
+in messages collected while the command runs (:func:`medseg.errors.flag_names`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import sys
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, flag_names
 
 __all__ = ["PARAM_FLAGS", "build_parser", "error_message", "flag_of", "main"]
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with flag_names(flag_of):  # messages collected as text (batch failures) name flags too
+            return int(args.func(args) or 0)
     except MedsegError as exc:
         print(f"medseg {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return exc.exit_code
