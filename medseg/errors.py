@@ -3,11 +3,21 @@
 Every error a user can cause by their input derives from :class:`MedsegError`; the CLI
 prints its message as one line and exits non-zero, without a traceback. Messages say
 what was wrong and what to do about it.
+
+Library code speaks the library's language: an error about an argument names the Python
+parameter (``overlap must be in [0, 1)``) and carries it as ``param``; the command line knows
+which flag sets that parameter and renders the message with the flag instead
+(:meth:`MedsegError.with_flag`), so one message serves both audiences. While the CLI runs a
+command inside :func:`flag_names`, ``str(exc)`` itself names the flag, so messages the
+library collects as text (a batch's failures) read right on the console too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 __all__ = [
     "MedsegError",
@@ -19,13 +29,58 @@ __all__ = [
     "ConfigError",
     "cause_chain",
     "first_line",
+    "flag_names",
 ]
+
+# How the running front end names a parameter (the CLI: its flag); None: as in Python.
+_FLAG_OF: ContextVar[Callable[[str], str] | None] = ContextVar("medseg_flag_of", default=None)
+
+
+@contextlib.contextmanager
+def flag_names(flag_of: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, ``str()`` of a :class:`MedsegError` names its parameter as ``flag_of(param)``.
+
+    Args:
+        flag_of: maps a Python parameter name to the flag that sets it (``"overlap"`` -> ``"--overlap"``).
+    """
+    token = _FLAG_OF.set(flag_of)
+    try:
+        yield
+    finally:
+        _FLAG_OF.reset(token)
 
 
 class MedsegError(Exception):
-    """Base class of every error medseg raises for bad input or configuration."""
+    """Base class of every error medseg raises for bad input or configuration.
+
+    Args:
+        message: what was wrong and what to do; a parameter is named as in Python (``force=True``,
+            ``series_uid``), not as a command-line flag.
+        param: the Python parameter the error is about, if any; the CLI names its flag instead.
+    """
 
     exit_code: int = 2
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __str__(self) -> str:
+        flag_of = _FLAG_OF.get()
+        return self.with_flag(flag_of(self.param)) if flag_of and self.param else super().__str__()
+
+    def with_flag(self, flag: str) -> str:
+        """The message with its parameter (``param`` or ``param=True``) named as ``flag``.
+
+        The first mention is replaced; a message that does not mention the parameter gets the flag
+        as a prefix (``--overlap: ...``), so the user always learns which option was wrong.
+        """
+        message = super().__str__()
+        if not self.param:
+            return message
+        pattern = rf"(?<![\w.-]){re.escape(self.param)}(=True)?(?![\w])"
+        rendered, count = re.subn(pattern, flag, message, count=1)
+        return rendered if count else f"{flag}: {message}"
 
 
 class InputError(MedsegError):

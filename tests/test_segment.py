@@ -291,6 +291,30 @@ def test_nearest_mapping_oblique_path_agrees_with_axis_aligned_path() -> None:
     assert aligned.any() and (aligned == 0).any()  # partly outside the source
 
 
+def test_nearest_mapping_rounds_ties_to_even_on_oblique_grids() -> None:
+    """An in-plane rotated input under a 2 mm network grid: slice centres fall on half voxels.
+
+    Ties round half to even (as ``grid_sample`` does), which ``scipy.ndimage.affine_transform``
+    (half up) would not: this is why the oblique path keeps its own look-up.
+    """
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, size=(20, 20, 20)).astype(np.uint8)
+    src = np.diag([2.0, 2.0, 2.0, 1.0])
+    angle = 0.3
+    dst = np.eye(4)
+    dst[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    dst[:3, 3] = [3.0, 3.0, 1.0]
+    shape = (30, 30, 30)
+    got = resample_labels_nearest(labels, src, dst, shape)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    mapping = np.linalg.solve(src, dst)
+    source = np.rint(idx @ mapping[:3, :3].T + mapping[:3, 3]).astype(int)
+    inside = np.all((source >= 0) & (source < labels.shape), axis=1)
+    expected = np.zeros(len(idx), dtype=labels.dtype)
+    expected[inside] = labels[tuple(source[inside].T)]
+    np.testing.assert_array_equal(got, expected.reshape(shape))
+
+
 def _cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     code = main(args)
     captured = capsys.readouterr()
@@ -397,7 +421,7 @@ def test_whole_head_mr_is_unsuitable(keyed_bundle: Path, shared_data: Path) -> N
     head = load_image(shared_data / "dicom" / "brain-mr" / "study1-t1post")
     with pytest.raises(UnsuitableInputError, match="extent_mm") as info:
         check_suitability(head, input_format)
-    assert "spacing_mm" in str(info.value) and "--force" in str(info.value)
+    assert "spacing_mm" in str(info.value) and "force=True" in str(info.value)
     forced = check_suitability(head, input_format, force=True)
     assert forced.forced and not forced.passed
     crop = load_image(shared_data / "dicom" / "hippocampus-crops" / "Study2")
@@ -421,7 +445,7 @@ def test_tta_over_declared_flips(keyed_bundle: Path, crops: Path, tmp_path: Path
     [
         # a writer in this process (the overlay) and one in the forked child (the DICOM SEG)
         ("medseg.segment.overlay", "render_overlay", RuntimeError("disk full")),
-        ("medseg.segment.pipeline", "write_seg", DicomError("cannot reference this series")),
+        ("medseg.segment.outputs", "write_seg", DicomError("cannot reference this series")),
     ],
 )
 def test_failed_writer_leaves_no_output_and_its_error_reaches_the_caller(
@@ -508,7 +532,7 @@ def test_channels_last_network_gives_the_same_output(spatial_dims: int) -> None:
     import torch
 
     from medseg.networks import UNet
-    from medseg.segment.pipeline import ChannelsLast
+    from medseg.networks.base import ChannelsLast
 
     torch.manual_seed(0)
     network = UNet(

@@ -59,13 +59,33 @@ class Bundle:
 
     @property
     def labels(self) -> dict[int, str]:
-        """Output label values and names from ``network_data_format.outputs.pred.channel_def``."""
-        channel_def = self.metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
-        return {int(k): str(v) for k, v in channel_def.items()}
+        """Output label values and names from ``network_data_format.outputs.pred.channel_def``.
+
+        Raises:
+            BundleError: the metadata has no ``channel_def``.
+        """
+        try:
+            channel_def = self.metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+            return {int(k): str(v) for k, v in channel_def.items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(
+                f"bundle {self.name}: configs/metadata.json needs network_data_format.outputs.pred.channel_def "
+                "mapping label values to names"
+            ) from exc
+
+    @property
+    def _inputs(self) -> dict[str, Any]:
+        return self.metadata.get("network_data_format", {}).get("inputs", {}) or {}
+
+    @property
+    def input_key(self) -> str:
+        """The network input's key in ``network_data_format.inputs`` (``image`` when none is declared)."""
+        return next(iter(self._inputs), "image")
 
     @property
     def input_format(self) -> dict[str, Any]:
-        return self.metadata["network_data_format"]["inputs"]["image"]
+        """``network_data_format.inputs.image`` (modality, channels, spacing ...); empty when not declared."""
+        return self._inputs.get("image", {})
 
 
 def open_bundle(path: str | os.PathLike) -> Bundle:

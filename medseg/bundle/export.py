@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from medseg.bundle.core import Bundle
+from medseg.bundle.loader import BundleInference, load_inference
 from medseg.errors import BundleError
 from medseg.io.atomic import atomic_write
 
@@ -17,27 +18,13 @@ __all__ = ["export_bundle", "EXPORT_TOLERANCE"]
 EXPORT_TOLERANCE = 1e-4
 
 
-def _load_eager_network(bundle: Bundle) -> torch.nn.Module:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle.config("inference.json")))
-    parser["bundle_root"] = str(bundle.root)
-    network = parser.get_parsed_content("network_def")
-    state = torch.load(bundle.weights, map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
-    return network.eval()
-
-
-def _example_input(bundle: Bundle) -> torch.Tensor:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle.config("inference.json")))
-    roi = [int(v) for v in parser.get_parsed_content("roi_size")]
+def _example_input(bundle: Bundle, inference: BundleInference) -> torch.Tensor:
+    """A seeded random window of the inferer's ``roi_size``, with the bundle's input channels."""
+    if not inference.roi_size:
+        raise BundleError(f"bundle {bundle.name} defines no roi_size: cannot choose the export input shape")
     channels = int(bundle.input_format.get("num_channels", 1))
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, channels, *roi, generator=generator)
+    return torch.randn(1, channels, *inference.roi_size, generator=generator)
 
 
 def export_bundle(
@@ -60,8 +47,9 @@ def export_bundle(
     suffix = ".ts" if fmt == "torchscript" else ".onnx"
     path = Path(output).resolve() if output else bundle.root / "models" / f"model{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    network = _load_eager_network(bundle)
-    example = _example_input(bundle)
+    inference = load_inference(bundle, device="cpu")
+    network = inference.network
+    example = _example_input(bundle, inference)
     with torch.no_grad():
         expected = network(example)
 

@@ -1,4 +1,4 @@
-"""Train and evaluate a bundle on the fixed 5-fold split through its own configs."""
+"""Train and evaluate a bundle on the fixed split (:mod:`medseg.data.datalist`) through its own configs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.bundle.core import Bundle, run_workflow
+from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import BundleError, InputError
 from medseg.io.atomic import atomic_write_json
 
@@ -20,12 +21,13 @@ def _data_overrides(data_dir: str | os.PathLike | None, fold: int | None) -> dic
         path = Path(data_dir).resolve()
         if not (path / "dataset.json").is_file():
             raise InputError(
-                f"{path} has no dataset.json: give the MSD task folder (e.g. msd-task04-hippocampus)"
+                f"data_dir {path} has no dataset.json: give the MSD task folder (e.g. msd-task04-hippocampus)",
+                param="data_dir",
             )
         overrides["dataset_dir"] = str(path)
     if fold is not None:
-        if not 0 <= fold < 5:
-            raise InputError(f"fold {fold} does not exist: choose 0..4")
+        if not 0 <= fold < DEFAULT_NUM_FOLDS:
+            raise InputError(f"fold {fold} does not exist: choose 0..{DEFAULT_NUM_FOLDS - 1}", param="fold")
         overrides["val_fold"] = fold
     return overrides
 
@@ -55,7 +57,7 @@ def train_bundle(
     overrides.update(_data_overrides(data_dir, fold))
     if epochs is not None:
         if epochs < 1:
-            raise InputError("--epochs must be at least 1")
+            raise InputError(f"epochs must be at least 1, got {epochs}", param="epochs")
         overrides["max_epochs"] = epochs
     if output_dir is not None:
         out = Path(output_dir).resolve()
@@ -92,9 +94,9 @@ def evaluate_bundle(
     if weights is not None:
         weights = Path(weights).resolve()
         if not weights.is_file():
-            raise BundleError(f"weights file {weights} not found")
+            raise BundleError(f"weights file {weights} not found", param="weights")
         overrides["ckpt_dir"] = str(weights.parent)
-        overrides["validate#handlers#0#load_path"] = str(weights)
+        overrides["checkpointloader#load_path"] = str(weights)
     elif not bundle.weights.is_file():
         raise BundleError(f"bundle {bundle.name} has no models/model.pt: train it first (medseg train)")
     out_json = Path(output).resolve() if output else bundle.root / "runs" / "eval" / "metrics.json"

@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module under :mod:`medseg.cli` and exposes
 ``add_parser(subparsers)`` which registers the subcommand and sets ``func``.
-Errors derived from :class:`medseg.errors.MedsegError` are printed as one line.
+Errors derived from :class:`medseg.errors.MedsegError` are printed as one line; an error about a
+Python parameter (``exc.param``) names the command-line flag that sets it (:func:`flag_of`), also
+in messages collected while the command runs (:func:`medseg.errors.flag_names`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ import logging
 import sys
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, flag_names
+
+__all__ = ["PARAM_FLAGS", "build_parser", "error_message", "flag_of", "main"]
+
+# Library parameters whose flag is not ``--`` + the name with dashes.
+PARAM_FLAGS = {"series_uid": "--series", "data_dir": "--data"}
 
 # Modules registering subcommands, in the order `medseg --help` lists them.
 SUBCOMMAND_MODULES = [
@@ -47,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_of(param: str) -> str:
+    """The command-line flag that sets the library parameter ``param`` (``sw_batch_size`` -> ``--sw-batch-size``)."""
+    return PARAM_FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def error_message(exc: MedsegError) -> str:
+    """The one-line message the CLI prints for ``exc``: its parameter named as the flag."""
+    return exc.with_flag(flag_of(exc.param)) if exc.param else str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with flag_names(flag_of):  # messages collected as text (batch failures) name flags too
+            return int(args.func(args) or 0)
     except MedsegError as exc:
-        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        print(f"medseg {args.command}: error: {error_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"medseg {args.command}: interrupted", file=sys.stderr)

@@ -102,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
     from medseg.errors import ConfigError
     from medseg.io import prefetch
 
-    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
-        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} exists and is not a folder")

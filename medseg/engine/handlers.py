@@ -40,6 +40,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             torch.save(obj, handle)

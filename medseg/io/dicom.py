@@ -743,7 +743,8 @@ def _select_series(scan: FolderScan, series_uid: str | None = None) -> _Series:
     if len(images) > 1:
         listing = "; ".join(s.info.summary() for s in images)
         raise SeriesSelectionError(
-            f"{where} holds {len(images)} image series; choose one with series_uid (--series in the CLI): {listing}"
+            f"{where} holds {len(images)} image series; choose one with series_uid: {listing}",
+            param="series_uid",
         )
     return images[0]
 

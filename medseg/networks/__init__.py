@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from medseg.networks.base import (
+    ChannelsLast,
     PadBatch,
     SegmentationModel,
     crop_padding,
@@ -45,6 +46,7 @@ __all__ = [
     "crop_padding",
     "to_channels_last",
     "PadBatch",
+    "ChannelsLast",
 ]
 
 NETWORKS: dict[str, type[nn.Module]] = {

@@ -26,6 +26,7 @@ __all__ = [
     "PadBatch",
     "channels_last_format",
     "to_channels_last",
+    "ChannelsLast",
 ]
 
 
@@ -98,8 +99,11 @@ def to_channels_last(network: nn.Module, enabled: bool = True) -> nn.Module:
 
     On CPU, oneDNN runs 3-D convolutions markedly faster when the weights are channels-last
     (NDHWC): a training step of the hippocampus U-Net is about 15% faster on 2 cores, and
-    inference over 96^3 windows about 1.25x. Activations follow the weights' layout, so the
-    input may stay contiguous; results are the same up to float rounding, and state dicts
+    inference over 96^3 windows about 1.25x. Convolutions return the weights' layout, so every
+    activation after the first convolution is channels-last whatever the input's layout; to have
+    the first one not mix layouts either, give it a channels-last input (:class:`ChannelsLast`
+    does; for a single-channel input both layouts have the same strides, so that costs nothing).
+    Results are the same up to float rounding, and state dicts
     load into networks of either layout. Copies of the network (``copy.deepcopy``, e.g. a
     weight average) keep the layout.
 
@@ -113,6 +117,32 @@ def to_channels_last(network: nn.Module, enabled: bool = True) -> nn.Module:
             if layout is not None:
                 tensor.data = tensor.data.contiguous(memory_format=layout)
     return network
+
+
+class ChannelsLast:
+    """Call a network with channels-last (NDHWC / NHWC) activations and weights.
+
+    On CPU, oneDNN's 3-D convolutions run markedly faster on channels-last tensors than on
+    PyTorch's default contiguous layout (about 1.25x for a 3-D U-Net over 96^3 windows on 2 cores); the
+    results are the same up to float rounding. The weights are converted in place by
+    :func:`to_channels_last`, each input is converted to channels-last (as that function advises,
+    so the first convolution does not mix layouts either) and the output is returned in the
+    default layout, so callers see the layout they gave. The network's modules stay as built.
+
+    Args:
+        network: a module taking (N, C, *spatial) tensors.
+    """
+
+    def __init__(self, network: Any) -> None:
+        self.network = to_channels_last(network)
+
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        layout = channels_last_format(x.ndim)
+        out = self.network(x.contiguous(memory_format=layout) if layout else x, *args, **kwargs)
+        return out.contiguous() if isinstance(out, torch.Tensor) else out
+
+    def __getattr__(self, name: str) -> Any:  # eval(), parameters(), ... of the wrapped network
+        return getattr(self.__dict__["network"], name)
 
 
 class PadBatch(nn.Module):

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from medseg.io.dicom_seg import SegSegment, SegVolume, read_seg, write_seg
+from medseg.io.geometry import resample_labels_nearest
 from medseg.io.seg_concepts import SegmentSpec, segment_specs
 from medseg.segment.inputs import BatchResult, InputItem, discover_inputs, run_inputs
+from medseg.segment.outputs import OUTPUT_FILES, SegmentResult
 from medseg.segment.overlay import render_overlay
-from medseg.segment.pipeline import OUTPUT_FILES, Segmenter, SegmentResult, resample_labels_nearest
+from medseg.segment.pipeline import Segmenter
 from medseg.segment.suitability import (
     METADATA_KEYS,
     Suitability,

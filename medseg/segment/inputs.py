@@ -84,7 +84,9 @@ def discover_inputs(
         raise InputError(f"{root} does not exist; give a DICOM folder, a NIfTI or an NRRD file")
     if root.is_file() or series_uid is not None:
         if series_uid is not None and image_format(root) != "dicom":
-            raise InputError(f"--series applies to DICOM input only, but {root} is not DICOM")
+            raise InputError(
+                f"series_uid applies to DICOM input only, but {root} is not DICOM", param="series_uid"
+            )
         return [InputItem("", root, series_uid)], True
 
     found = discover(root, exclude=exclude)

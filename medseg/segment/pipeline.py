@@ -1,8 +1,11 @@
-"""Segment one image with a MONAI bundle and write the segmentation, DICOM SEG, overlay and report.
+"""Segment one image with a MONAI bundle: from the input file to a label map on the input's grid.
+
+:class:`Segmenter` predicts; :mod:`medseg.segment.outputs` writes the segmentation, DICOM SEG,
+overlay and report (``Segmenter.run`` does both).
 
 The bundle decides *how* the image is prepared and the network run: its ``configs/inference.json``
-is parsed with :class:`monai.bundle.ConfigParser` (``bundle_root`` set to the bundle folder) and
-its ``network_def``, ``preprocessing`` and ``inferer`` are used as they are, with
+is parsed once by :func:`medseg.bundle.loader.load_inference` (``bundle_root`` set to the bundle
+folder) and its ``network_def``, ``preprocessing`` and ``inferer`` are used as they are, with
 ``models/model.pt`` loaded into the network. medseg only overrides run-time settings:
 
 * the inferer's ``overlap``, ``sw_batch_size``, ``sw_device`` (where windows run) and ``device``
@@ -17,197 +20,49 @@ input's own grid by nearest-neighbour look-up through the affines MONAI tracked 
 preprocessing (input voxel -> world -> network voxel): this inverts Orientation, Spacing,
 cropping and padding exactly like ``Invertd(nearest_interp=True)``, without a full-resolution
 copy of the class probabilities. With ``tta``, softmax probabilities are averaged over flips
-(the bundle's ``tta_flip_axes``) before the argmax.
+(the bundle's ``tta_flip_axes``) before the argmax. Bundles whose postprocessing applies a
+sigmoid (multi-label output) are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import math
 import os
-import shutil
-import time
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medseg import __version__, background
 from medseg.bundle.core import Bundle, open_bundle
-from medseg.errors import BundleError, ConfigError, cause_chain, first_line
-from medseg.io.atomic import atomic_write_json
-from medseg.io.dicom_seg import write_seg
-from medseg.io.formats import file_format
+from medseg.bundle.loader import load_inference
+from medseg.errors import BundleError, ConfigError, MedsegError, cause_chain, first_line
+from medseg.io.geometry import resample_labels_nearest
 from medseg.io.seg_concepts import SegmentSpec, segment_specs
-from medseg.segment.suitability import Suitability, check_suitability, image_geometry
+from medseg.networks.base import ChannelsLast
+from medseg.segment.outputs import (
+    OUTPUT_FILES,
+    Prediction,
+    SegmentResult,
+    StageTimer,
+    write_outputs,
+)
+from medseg.segment.suitability import check_suitability, image_geometry
 
 __all__ = [
-    "ChannelsLast",
     "OUTPUT_FILES",
     "SegmentResult",
     "Segmenter",
-    "resample_labels_nearest",
     "tta_flip_axes",
 ]
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_FILES = {
-    "segmentation": "segmentation.nii.gz",
-    "seg": "segmentation.dcm",
-    "overlay": "overlay.png",
-    "report": "report.json",
-}
-_LOADERS = ("LoadImaged", "LoadImage")
-
-
-@dataclass
-class SegmentResult:
-    """What one run wrote.
-
-    Attributes:
-        output_dir: the folder holding the outputs.
-        files: output kind -> path (``segmentation``, ``seg`` for DICOM input, ``overlay``, ``report``).
-        report: the report written as ``report.json``.
-    """
-
-    output_dir: Path
-    files: dict[str, Path]
-    report: dict[str, Any] = field(repr=False)
-
-    @property
-    def volumes_ml(self) -> dict[str, float]:
-        return {item["name"]: item["volume_ml"] for item in self.report["labels"]}
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return None
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-
-
-class _Timer:
-    """Wall time of each stage, and the process' peak resident memory at the end of each."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self.peak_rss_mb: dict[str, float | None] = {}
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 4)
-            self.peak_rss_mb[name] = _peak_rss_mb()
-
-
-def resample_labels_nearest(
-    labels: np.ndarray,
-    src_affine: np.ndarray,
-    dst_affine: np.ndarray,
-    dst_shape: Sequence[int],
-    chunk_voxels: int = 1 << 22,
-) -> np.ndarray:
-    """Nearest-neighbour look-up of a label volume onto another grid through the world coordinates.
-
-    Every destination voxel centre is mapped to the source grid (``inv(src_affine) @ dst_affine``)
-    and takes the label of the nearest source voxel (rounding half to even, as ``grid_sample``'s
-    nearest mode does), 0 outside the source volume. Axis-aligned mappings (flips, permutations,
-    scaling, shifts: what Orientation, Spacing, crops and pads produce) are done per axis without
-    a coordinate grid; oblique ones in chunks of ``chunk_voxels``.
-
-    Args:
-        labels: source label volume (X, Y, Z).
-        src_affine: its voxel-to-world affine.
-        dst_affine: voxel-to-world affine of the destination grid (same world frame).
-        dst_shape: destination shape (I, J, K).
-    """
-    labels = np.asarray(labels)
-    mapping = np.linalg.solve(
-        np.asarray(src_affine, dtype=np.float64), np.asarray(dst_affine, dtype=np.float64)
-    )
-    linear, offset = mapping[:3, :3], mapping[:3, 3]
-    dst_shape = tuple(int(s) for s in dst_shape)
-    out = np.zeros(dst_shape, dtype=labels.dtype)
-    nonzero = np.abs(linear) > 1e-9 * max(1.0, float(np.abs(linear).max()))
-    if (nonzero.sum(axis=0) == 1).all() and (nonzero.sum(axis=1) == 1).all():
-        # source axis s is driven by destination axis d alone: one index vector per axis
-        per_dst: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * 3
-        src_axis_of = [0, 0, 0]
-        valid = []
-        for s in range(3):
-            d = int(np.flatnonzero(nonzero[s])[0])
-            coords = np.rint(linear[s, d] * np.arange(dst_shape[d]) + offset[s]).astype(np.int64)
-            ok = (coords >= 0) & (coords < labels.shape[s])
-            per_dst[d] = coords
-            src_axis_of[d] = s
-            valid.append((d, ok))
-        inside = [np.ones(n, dtype=bool) for n in dst_shape]
-        for d, ok in valid:
-            inside[d] = ok
-        if not all(v.any() for v in inside):
-            return out
-        # gather the inside block: source indexed by (dest axis 0's source axis, ...) then transposed
-        idx = [per_dst[d][inside[d]] for d in range(3)]
-        block = labels.transpose(src_axis_of)[np.ix_(idx[0], idx[1], idx[2])]
-        out[np.ix_(*[np.flatnonzero(v) for v in inside])] = block
-        return out
-    # oblique: chunks of destination slices
-    plane = dst_shape[0] * dst_shape[1]
-    step = max(1, chunk_voxels // max(plane, 1))
-    ii, jj = np.meshgrid(np.arange(dst_shape[0]), np.arange(dst_shape[1]), indexing="ij")
-    base = np.stack([ii.ravel(), jj.ravel()], axis=0).astype(np.float64)
-    for k0 in range(0, dst_shape[2], step):
-        ks = np.arange(k0, min(k0 + step, dst_shape[2]))
-        pts = np.concatenate(
-            [np.tile(base, (1, len(ks))), np.repeat(ks, plane)[None, :].astype(np.float64)], axis=0
-        )
-        src = np.rint(linear @ pts + offset[:, None]).astype(np.int64)
-        ok = np.all((src >= 0) & (src < np.asarray(labels.shape)[:, None]), axis=0)
-        values = np.zeros(pts.shape[1], dtype=labels.dtype)
-        values[ok] = labels[src[0, ok], src[1, ok], src[2, ok]]
-        out[:, :, ks] = values.reshape(len(ks), dst_shape[0], dst_shape[1]).transpose(1, 2, 0)
-    return out
-
-
-class ChannelsLast:
-    """Call a network with channels-last (NDHWC / NHWC) activations and weights.
-
-    On CPU, oneDNN's 3-D convolutions run markedly faster on channels-last tensors than on
-    PyTorch's default contiguous layout (about 1.25x for a 3-D U-Net over 96^3 windows on 2 cores); the
-    results are the same up to float rounding. The output is returned in the default layout.
-    The network's weights are converted in place; its modules and outputs stay as built.
-
-    Args:
-        network: a module taking (N, C, *spatial) tensors.
-    """
-
-    def __init__(self, network: Any) -> None:
-        import torch
-
-        from medseg.networks.base import channels_last_format, to_channels_last
-
-        self.network = to_channels_last(network)
-        self._torch = torch
-        self._layout = channels_last_format
-
-    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        layout = self._layout(x.ndim)
-        out = self.network(x.contiguous(memory_format=layout) if layout else x, *args, **kwargs)
-        return out.contiguous() if isinstance(out, self._torch.Tensor) else out
-
-    def __getattr__(self, name: str) -> Any:  # eval(), parameters(), ... of the wrapped network
-        return getattr(self.__dict__["network"], name)
+_SPACING = ("Spacingd", "Spacing")
+_ACTIVATIONS = ("Activationsd", "Activations")
 
 
 def tta_flip_axes(input_format: Mapping[str, Any]) -> list[int]:
@@ -234,6 +89,26 @@ def _target_name(item: Any) -> str:
     return ""
 
 
+def _uses_sigmoid(parser: Any, key: str = "postprocessing") -> bool:
+    """Whether the parsed config under ``key`` has an ``Activations(d)`` with ``sigmoid`` set.
+
+    The ``sigmoid`` value is resolved by the parser, so ``"$True"`` or a reference counts too.
+    """
+    item = parser.get(key)
+    if isinstance(item, Mapping):
+        if _target_name(item) in _ACTIVATIONS and "sigmoid" in item:
+            value = parser.get_parsed_content(f"{key}#sigmoid", instantiate=False)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(bool(v) for v in values):
+                return True
+        children: Any = [k for k in item if not str(k).startswith("_")]
+    elif isinstance(item, list):
+        children = range(len(item))
+    else:
+        return False
+    return any(_uses_sigmoid(parser, f"{key}#{child}") for child in children)
+
+
 def _apply(transforms: Sequence[Any], data: Any) -> Any:
     """Apply transforms; a medseg error inside one is raised as is, any other as a one-line BundleError.
 
@@ -241,8 +116,6 @@ def _apply(transforms: Sequence[Any], data: Any) -> Any:
     keeps the input alive while the transforms make their copies.
     """
     from monai.transforms import apply_transform
-
-    from medseg.errors import MedsegError
 
     if isinstance(data, list):
         data = data.pop()
@@ -262,15 +135,6 @@ def _apply(transforms: Sequence[Any], data: Any) -> Any:
     return data
 
 
-def _label_counts(labelmap: np.ndarray, n_labels: int, chunk: int = 1 << 22) -> np.ndarray:
-    """Voxels per label value, in chunks (``np.bincount`` of the whole volume would make an int64 copy)."""
-    flat = labelmap.reshape(-1)
-    counts = np.zeros(max(n_labels, int(labelmap.max(initial=0)) + 1), dtype=np.int64)
-    for start in range(0, flat.size, chunk):
-        counts += np.bincount(flat[start : start + chunk], minlength=len(counts))
-    return counts
-
-
 def _compact_copy(array: np.ndarray) -> np.ndarray:
     """A copy of the image for display: int16 when the values are integers in its range (CT, most MR)."""
     if array.size and array.dtype.kind in "fiu":
@@ -282,22 +146,11 @@ def _compact_copy(array: np.ndarray) -> np.ndarray:
     return np.array(array, dtype=np.float32, copy=True)
 
 
-def _atomic_json(path: Path, payload: Any) -> None:
-    atomic_write_json(path, payload, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 class Segmenter:
     """A bundle's network, preprocessing and inferer, ready to segment inputs one after another.
+
+    Prediction lives here (:meth:`load`, :meth:`predict`, :meth:`predict_input`); writing the
+    files is :func:`medseg.segment.outputs.write_outputs`'s job.
 
     Args:
         bundle: bundle folder (or :class:`Bundle`).
@@ -311,7 +164,7 @@ class Segmenter:
 
     Raises:
         BundleError: the bundle's config, network or weights cannot be used;
-        ConfigError: invalid device or overlap.
+        ConfigError: invalid device, overlap or sw_batch_size (``param`` names which).
     """
 
     def __init__(
@@ -324,112 +177,63 @@ class Segmenter:
         config: str = "inference",
         parallel_outputs: bool = True,
     ) -> None:
-        import torch
-        from monai.bundle import ConfigParser
+        from monai.inferers import SliceInferer
 
         self.bundle = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
         if overlap is not None and not (0.0 <= overlap < 1.0):
-            raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
+            raise ConfigError(f"overlap must be in [0, 1), got {overlap}", param="overlap")
         if sw_batch_size is not None and sw_batch_size < 1:
-            raise ConfigError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise ConfigError(f"invalid --device {device!r}: use cpu or cuda") from exc
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-        if self.device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+            raise ConfigError(f"sw_batch_size must be >= 1, got {sw_batch_size}", param="sw_batch_size")
+        self.device = self._check_device(device)
         self.tta = tta
         self.parallel_outputs = parallel_outputs
-        self.input_format: Mapping[str, Any] = (
-            self.bundle.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
-        )
-        self.input_key = next(
-            iter(self.bundle.metadata.get("network_data_format", {}).get("inputs", {"image": None})), "image"
-        )
+        self.input_format: Mapping[str, Any] = self.bundle.input_format
+        self.input_key = self.bundle.input_key
 
-        parser = ConfigParser()
-        try:
-            parser.read_config(str(self.bundle.config(config)))
-            parser.read_meta(str(self.bundle.config("metadata")))
-        except BundleError:
-            raise
-        except Exception as exc:  # malformed JSON/YAML
-            raise BundleError(f"cannot read the bundle config {config}: {exc}") from exc
-        parser["bundle_root"] = str(self.bundle.root)
-        parser["device"] = f"$torch.device('{self.device}')"
-        for key in ("network_def", "preprocessing", "inferer"):
-            if key not in parser:
-                raise BundleError(f"the bundle's {config} config has no '{key}'")
-        self._float32_spacing(parser)
-        self._refuse_multilabel(parser)
-        try:
-            network = parser.get_parsed_content("network_def", instantiate=True)
-            self.preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
-            self.inferer = parser.get_parsed_content("inferer", instantiate=True)
-        except Exception as exc:  # any failure to build the bundle's objects
-            raise BundleError(f"cannot build the bundle's network, preprocessing or inferer: {exc}") from exc
-        self.network = self._load_weights(network)
+        inference = load_inference(self.bundle, self.device, config, adjust=self._adjust_config)
+        self.preprocessing = inference.preprocessing
+        self.inferer = inference.inferer
+        network = inference.network
+        self.network = ChannelsLast(network) if self.device.type == "cpu" else network
         self._configure_inferer(overlap, sw_batch_size)
         self.labels = self.bundle.labels
         self.specs: list[SegmentSpec] = segment_specs(self.labels, self.bundle.metadata)
         self.flip_axes = tta_flip_axes(self.input_format) if tta else []
-        declared = parser.get("network_def", {})
-        dims = (
-            declared.get("spatial_dims", declared.get("dimensions"))
-            if isinstance(declared, Mapping)
-            else None
-        )
-        network_dims = int(dims) if isinstance(dims, int) else int(getattr(network, "spatial_dims", 3) or 3)
         # a SliceInferer runs a 2-D network over the slices of a volume: the input is one dimension more
-        self.spatial_dims = (
-            network_dims + 1 if type(self.inferer).__name__ == "SliceInferer" else network_dims
-        )
+        slices = isinstance(self.inferer, SliceInferer)
+        self.spatial_dims = inference.spatial_dims + 1 if slices else inference.spatial_dims
 
     # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _check_device(device: str) -> Any:
+        import torch
+
+        try:
+            parsed = torch.device(device)
+        except RuntimeError as exc:
+            raise ConfigError(f"invalid device {device!r}: use cpu or cuda", param="device") from exc
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA device is available; use cpu", param="device")
+        if parsed.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu or cuda, got {device!r}", param="device")
+        return parsed
+
+    def _adjust_config(self, parser: Any) -> None:
+        """Refuse multi-label bundles; resample in float32 (before anything is built)."""
+        if _uses_sigmoid(parser):
+            raise BundleError(
+                "the bundle's postprocessing uses a sigmoid (multi-label output); medseg segment "
+                "supports mutually exclusive labels (softmax/argmax) only"
+            )
+        self._float32_spacing(parser)
+
     @staticmethod
     def _float32_spacing(parser: Any) -> None:
         transforms = parser.get("preprocessing", {})
         items = transforms.get("transforms", []) if isinstance(transforms, Mapping) else []
         for index, item in enumerate(items if isinstance(items, list) else []):
-            if _target_name(item) in ("Spacingd", "Spacing") and "dtype" not in item:
+            if _target_name(item) in _SPACING and "dtype" not in item:
                 parser[f"preprocessing#transforms#{index}#dtype"] = "$torch.float32"
-
-    @staticmethod
-    def _refuse_multilabel(parser: Any) -> None:
-        text = json.dumps(parser.get("postprocessing", {}))
-        if '"sigmoid": true' in text:
-            raise BundleError(
-                "the bundle's postprocessing uses a sigmoid (multi-label output); medseg segment "
-                "supports mutually exclusive labels (softmax/argmax) only"
-            )
-
-    def _load_weights(self, network: Any) -> Any:
-        import torch
-
-        path = self.bundle.weights
-        if not path.is_file():
-            raise BundleError(
-                f"bundle {self.bundle.name} has no weights at {path}; train or download them first"
-            )
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated or foreign file
-            raise BundleError(f"cannot load the weights {path}: {exc}") from exc
-        for key in ("model", "state_dict", "network"):
-            if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-                state = state[key]
-        if not isinstance(state, Mapping):
-            raise BundleError(f"{path} holds no state dict")
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as exc:
-            raise BundleError(
-                f"the weights {path} do not fit the bundle's network_def ({first_line(exc)})"
-            ) from exc
-        network = network.to(self.device).eval()
-        return ChannelsLast(network) if self.device.type == "cpu" else network
 
     def _configure_inferer(self, overlap: float | None, sw_batch_size: int | None) -> None:
         import torch
@@ -437,7 +241,10 @@ class Segmenter:
         inferer = self.inferer
         if overlap is not None:
             if not hasattr(inferer, "overlap"):
-                raise ConfigError(f"--overlap: the bundle's inferer {type(inferer).__name__} has no overlap")
+                raise ConfigError(
+                    f"overlap: the bundle's inferer {type(inferer).__name__} has no overlap setting",
+                    param="overlap",
+                )
             inferer.overlap = float(overlap)
         if sw_batch_size is not None and hasattr(inferer, "sw_batch_size"):
             inferer.sw_batch_size = int(sw_batch_size)
@@ -481,16 +288,18 @@ class Segmenter:
         ``LoadImage`` otherwise falls back to its other readers (ITK, NiBabel, PIL ...) when the named
         reader refuses a file, which would silently load a DICOM series with a missing slice.
         """
+        from monai.transforms import LoadImage, LoadImaged
+
         from medseg.io import MedsegReader, load_image
 
         transforms = self._transforms()
-        index = next((i for i, t in enumerate(transforms) if type(t).__name__ in _LOADERS), None)
+        index = next((i for i, t in enumerate(transforms) if isinstance(t, (LoadImage, LoadImaged))), None)
         if index is None:  # the bundle expects an already loaded image
             return {self.input_key: load_image(path, series_uid=series_uid)}, transforms
         data: Any = {self.input_key: str(path)}
         data = _apply(transforms[:index], data)
         loader, reader = transforms[index], MedsegReader(series_uid=series_uid)
-        if type(loader).__name__ == "LoadImaged":
+        if isinstance(loader, LoadImaged):
             data = loader(data, reader)
         else:
             data[self.input_key] = loader(data[self.input_key], reader)
@@ -538,33 +347,21 @@ class Segmenter:
             )
         return out
 
-    # ------------------------------------------------------------------ run
-    def run(
+    def predict_input(
         self,
         path: str | os.PathLike,
-        output_dir: str | os.PathLike,
         series_uid: str | None = None,
         force: bool = False,
-    ) -> SegmentResult:
-        """Segment one input and write the outputs into ``output_dir`` (created when missing).
-
-        Every output is first written into a hidden staging folder inside ``output_dir`` and moved
-        into place only when all of them are complete, so a failed or interrupted run leaves no
-        partial file.
+        timer: StageTimer | None = None,
+    ) -> Prediction:
+        """Load, check, preprocess and segment one input; the labels are mapped back to its grid.
 
         Raises:
             MedsegError subclasses: unreadable input, unsuitable input (unless ``force``), bundle problems.
         """
         from monai.data import MetaTensor
 
-        from medseg.io import save_nifti
-
-        timer = _Timer()
-        start = time.perf_counter()
-        out_dir = Path(output_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ConfigError(f"output {out_dir} exists and is not a folder")
-
+        timer = timer or StageTimer()
         with timer.stage("load"):
             data, rest = self.load(path, series_uid)
         image = data[self.input_key]
@@ -572,7 +369,7 @@ class Segmenter:
             suitability = check_suitability(image, self.input_format, self.spatial_dims, force=force)
         if suitability.forced:
             logger.warning(
-                "input does not fit the bundle (%s); segmenting anyway (--force)", suitability.message()
+                "input does not fit the bundle (%s); segmenting anyway (force=True)", suitability.message()
             )
         original_affine = np.asarray(image.affine, dtype=np.float64)
         geometry = image_geometry(image)
@@ -600,86 +397,47 @@ class Segmenter:
         with timer.stage("invert"):
             labelmap = resample_labels_nearest(net_labels, net_affine, original_affine, geometry["shape"])
             del net_labels
+        return Prediction(
+            labelmap=labelmap,
+            affine=original_affine,
+            geometry=geometry,
+            meta=meta,
+            display=display,
+            net_shape=net_shape,
+            suitability=suitability,
+        )
 
-        voxel_ml = abs(float(np.linalg.det(original_affine[:3, :3]))) / 1000.0
-        counts = _label_counts(labelmap, len(self.labels))
-        label_rows = [
-            {
-                "value": spec.value,
-                "name": spec.label,
-                "segment_number": spec.number,
-                "voxels": int(counts[spec.value]),
-                "volume_ml": round(float(counts[spec.value]) * voxel_ml, 4),
-                "category": spec.category.as_list(),
-                "type": spec.type.as_list(),
-                "modifiers": [m.as_list() for m in spec.modifiers],
-                "codes_from": spec.source,
-                "color": list(spec.color),
-            }
-            for spec in self.specs
-        ]
-        is_dicom = bool(meta.get("sop_instance_uids"))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = out_dir / f".medseg-segment-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        seg_job = None
-        try:
-            files: dict[str, Path] = {}
-            seg_uids: dict[str, str] = {}
-            if is_dicom:
-                # the SEG is written by a forked child while this process writes the other outputs
-                seg_job = background.start(
-                    write_seg,
-                    labelmap,
-                    meta,
-                    self.specs,
-                    staging / OUTPUT_FILES["seg"],
-                    fork=self.parallel_outputs,
-                    algorithm_name=self.bundle.name,
-                    algorithm_version=self.bundle.version,
-                    software_versions=f"medseg {__version__}",
-                )
-            with timer.stage("write_nifti"):
-                files["segmentation"] = save_nifti(
-                    MetaTensor(labelmap, affine=original_affine), staging / OUTPUT_FILES["segmentation"]
-                )
-            with timer.stage("overlay"):
-                from medseg.segment.overlay import render_overlay
+    # ------------------------------------------------------------------ run
+    def run(
+        self,
+        path: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        series_uid: str | None = None,
+        force: bool = False,
+    ) -> SegmentResult:
+        """Segment one input and write the outputs into ``output_dir`` (created when missing).
 
-                files["overlay"] = render_overlay(
-                    display,
-                    labelmap,
-                    original_affine,
-                    {s.value: s.label for s in self.specs},
-                    {s.value: s.color for s in self.specs},
-                    staging / OUTPUT_FILES["overlay"],
-                    title=f"{self.bundle.name} {self.bundle.version}"
-                    + (f" | {meta.get('series_description')}" if meta.get("series_description") else ""),
-                    volumes_ml={row["value"]: row["volume_ml"] for row in label_rows},
-                )
-            if seg_job is not None:
-                with timer.stage("wait_seg"):
-                    job, seg_job = seg_job, None
-                    seg_uids = job.result()
-                files["seg"] = staging / OUTPUT_FILES["seg"]
-                # the child's own time; "wait_seg" is what the parent still waited for it
-                timer.timings["write_seg"] = round(job.seconds, 4)
-            timer.timings["total"] = round(time.perf_counter() - start, 4)
-            report = self._report(
-                meta, geometry, original_affine, net_shape, suitability, label_rows, timer, seg_uids
-            )
-            files["report"] = staging / OUTPUT_FILES["report"]
-            _atomic_json(files["report"], report)
-            final = {}
-            for kind, staged in files.items():
-                target = out_dir / staged.name
-                os.replace(staged, target)
-                final[kind] = target
-        finally:
-            if seg_job is not None:  # failed before the SEG was collected
-                seg_job.cancel()
-            shutil.rmtree(staging, ignore_errors=True)
-        return SegmentResult(output_dir=out_dir, files=final, report=report)
+        Every output is first written into a hidden staging folder inside ``output_dir`` and moved
+        into place only when all of them are complete, so a failed or interrupted run leaves no
+        partial file (:func:`medseg.segment.outputs.write_outputs`).
+
+        Raises:
+            MedsegError subclasses: unreadable input, unsuitable input (unless ``force``), bundle problems.
+        """
+        timer = StageTimer()
+        out_dir = Path(output_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"output {out_dir} exists and is not a folder")
+        prediction = self.predict_input(path, series_uid, force=force, timer=timer)
+        return write_outputs(
+            prediction,
+            out_dir,
+            self.bundle,
+            self.specs,
+            self.settings(),
+            timer,
+            fork=self.parallel_outputs,
+        )
 
     @staticmethod
     def _display_volume(image: Any) -> np.ndarray:
@@ -694,55 +452,3 @@ class Segmenter:
             )
             array = np.take(array, 0, axis=axis)
         return array
-
-    def _report(
-        self,
-        meta: Mapping[str, Any],
-        geometry: Mapping[str, Any],
-        affine: np.ndarray,
-        net_shape: list[int],
-        suitability: Suitability,
-        label_rows: list[dict[str, Any]],
-        timer: _Timer,
-        seg_uids: Mapping[str, str],
-    ) -> dict[str, Any]:
-        from nibabel.orientations import aff2axcodes
-
-        is_dicom = bool(meta.get("sop_instance_uids"))
-        filename = str(meta.get("filename_or_obj", ""))
-        return {
-            "notice": f"Research use only, not for diagnosis. Automatic segmentation by medseg {__version__}.",
-            "medseg_version": __version__,
-            "bundle": {
-                "name": self.bundle.name,
-                "version": self.bundle.version,
-                "task": self.bundle.metadata.get("task", ""),
-            },
-            "input": {
-                "format": "dicom" if is_dicom else (file_format(filename) or "nifti"),
-                "series_uid": meta.get("series_uid"),
-                "series_description": meta.get("series_description"),
-                "study_uid": meta.get("study_uid"),
-                "frame_of_reference_uid": meta.get("frame_of_reference_uid"),
-                "modality": meta.get("modality"),
-                "slices": len(meta["sop_instance_uids"]) if is_dicom else None,
-                "shape": geometry["shape"],
-                "spacing_mm": geometry["spacing_mm"],
-                "orientation": "".join(c or "?" for c in aff2axcodes(affine)),
-                "affine_ras": np.round(affine, 6).tolist(),
-            },
-            "suitability": suitability.to_dict(),
-            "settings": {**self.settings(), "network_grid_shape": net_shape},
-            "labels": label_rows,
-            "total_volume_ml": round(sum(r["volume_ml"] for r in label_rows), 4),
-            "outputs": {
-                "segmentation": OUTPUT_FILES["segmentation"],
-                "seg": OUTPUT_FILES["seg"] if is_dicom else None,
-                "overlay": OUTPUT_FILES["overlay"],
-                "seg_series_uid": seg_uids.get("series_instance_uid"),
-                "seg_sop_instance_uid": seg_uids.get("sop_instance_uid"),
-            },
-            "timings_s": dict(timer.timings),
-            "peak_rss_mb_after": dict(timer.peak_rss_mb),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }

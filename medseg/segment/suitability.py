@@ -211,13 +211,15 @@ def check_suitability(
     hard = [c for c in failures if not c.forceable]
     if hard:
         raise UnsuitableInputError(
-            f"input does not fit the bundle: {result.message()}; this cannot be overridden with --force"
+            f"input does not fit the bundle: {result.message()}; this cannot be overridden with force=True",
+            param="force",
         )
     if failures:
         if not force:
             raise UnsuitableInputError(
                 f"input does not fit the bundle: {result.message()}; "
-                "use --force to segment it anyway (the result is likely meaningless)"
+                "use force=True to segment it anyway (the result is likely meaningless)",
+                param="force",
             )
         result.forced = True
     return result

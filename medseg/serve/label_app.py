@@ -42,6 +42,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 import medseg
+from medseg.bundle.loader import load_weights
 from medseg.io.atomic import atomic_copy
 
 __all__ = [
@@ -174,11 +175,7 @@ class MedsegInferTask(BundleInferTask):
             if cached is not None and cached[1] == stamp:
                 return cached[0]
             logger.info("loading %s weights %s on %s", os.path.basename(self.bundle_path), path.name, device)
-            network = copy.deepcopy(self.network).to(torch.device(device))
-            checkpoint = torch.load(path, map_location=torch.device(device), weights_only=True)
-            if isinstance(checkpoint, dict) and isinstance(checkpoint.get(self.model_state_dict), dict):
-                checkpoint = checkpoint[self.model_state_dict]
-            network.load_state_dict(checkpoint, strict=True)
+            network = load_weights(copy.deepcopy(self.network), path, device, strict=True)
             network.eval()
             # keep one network per device: the version just loaded
             self._networks = {k: v for k, v in self._networks.items() if k[0] != str(device)}
