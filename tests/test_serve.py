@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from test_serve_common import (
     REPO_ROOT,
+    call,
     fold_cases,
     hippocampus_bundles,
     label_python,
@@ -28,7 +29,6 @@ from test_serve_common import (
     truncated,
 )
 
-from medseg.serve.http import call
 from medseg.serve.launcher import LabelServer
 from medseg.serve.workdir import discover_bundles, prepare_workdir
 

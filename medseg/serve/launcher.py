@@ -31,7 +31,7 @@ __all__ = [
     "LABEL_VENV_SCRIPT",
 ]
 
-LABEL_VENV_SCRIPT = REPO_ROOT / "workflows" / "label_venv.sh"
+LABEL_VENV_SCRIPT = Path(__file__).resolve().parent / "label" / "recipe" / "label_venv.sh"
 HOST = "127.0.0.1"
 
 
@@ -134,7 +134,7 @@ class LabelServer:
             "models",
             ",".join(self.prepared.bundles),
             "--uvicorn_app",
-            "medseg.serve.asgi:app",
+            "medseg.serve.label.asgi:app",
         ]
 
     def environment(self) -> dict[str, str]:

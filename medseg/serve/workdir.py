@@ -47,7 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-APP_TEMPLATE = REPO_ROOT / "workflows" / "label" / "app" / "main.py"
+APP_TEMPLATE = Path(__file__).resolve().parent / "label" / "recipe" / "main.py"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 SHIPPED_BUNDLE_PARTS = ("configs", "docs", "LICENSE")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

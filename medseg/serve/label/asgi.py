@@ -46,8 +46,8 @@ from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedsegError
-from medseg.serve import worker
-from medseg.serve.worker import JobError, error_status
+from medseg.serve.label import worker
+from medseg.serve.label.worker import JobError, error_status
 
 __all__ = ["app", "api", "stock_app", "INFER_POOL"]
 

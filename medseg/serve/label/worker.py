@@ -96,7 +96,7 @@ def _infer(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, param
     if dicom_seg:
         import pydicom
 
-        from medseg.serve.dicomseg import label_file_to_seg
+        from medseg.serve.label.seg_output import label_file_to_seg
 
         datastore = instance.datastore()
         task = instance._infers[request["model"]]

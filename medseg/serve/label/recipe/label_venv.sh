@@ -14,9 +14,10 @@
 # medseg itself is installed editable from this checkout with --no-deps.
 set -euo pipefail
 
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-REQ="$REPO/workflows/label/requirements.txt"
-CONSTRAINTS="$REPO/workflows/label/constraints.txt"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../../../.." && pwd)"
+REQ="$HERE/requirements.txt"
+CONSTRAINTS="$HERE/constraints.txt"
 HASH="$( (cat "$REQ" "$CONSTRAINTS"; grep -h '^MONAILABEL_VERSION=' "${BASH_SOURCE[0]}") | sha256sum | cut -c1-12)"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/medseg"
 VENV="${MEDSEG_LABEL_VENV:-$CACHE/label-venv-$HASH}"
@@ -46,7 +47,7 @@ if here != repo:
 # every medseg module the server or a bundle config imports must import in this venv
 for name in ("medseg.io", "medseg.bundle", "medseg.data", "medseg.engine", "medseg.engine.metrics",
              "medseg.networks", "medseg.losses", "medseg.segment", "medseg.serve", "medseg.serve.workdir",
-             "medseg.serve.launcher", "medseg.serve.dicomseg", "medseg.serve.label_app"):
+             "medseg.serve.launcher", "medseg.serve.label.seg_output", "medseg.serve.label.app"):
     try:
         importlib.import_module(name)
     except ModuleNotFoundError as exc:

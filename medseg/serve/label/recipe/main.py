@@ -4,6 +4,6 @@
 (a direct subclass of MONAILabelApp) among this module's members.
 """
 
-from medseg.serve.label_app import MedsegLabelApp
+from medseg.serve.label.app import MedsegLabelApp
 
 __all__ = ["MedsegLabelApp"]
