@@ -36,7 +36,7 @@ def _label_python() -> Path | str:
     if explicit and Path(explicit).is_file():
         return Path(explicit)
     proc = subprocess.run(
-        ["bash", str(REPO_ROOT / "medseg" / "serve" / "label" / "recipe" / "label_venv.sh"), "--path"],
+        ["bash", str(REPO_ROOT / "workflows" / "label_venv.sh"), "--path"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -27,7 +27,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     nice -n 19 apt-get install -y -q --no-install-recommends "${need[@]}" >&2
 fi
 
-nice -n 19 bash "$REPO/medseg/serve/label/recipe/label_venv.sh" >/dev/null
+nice -n 19 bash "$REPO/workflows/label_venv.sh" >/dev/null
 # a reused venv is checked too: every module the server imports must import there
-venv="$(nice -n 19 bash "$REPO/medseg/serve/label/recipe/label_venv.sh" --check | tail -n 1)"
+venv="$(nice -n 19 bash "$REPO/workflows/label_venv.sh" --check | tail -n 1)"
 echo "setup_ci: ready in $((SECONDS - start)) s (Orthanc $(Orthanc --version 2>/dev/null | head -n 1 | awk '{print $2}'), label venv $venv)" >&2
