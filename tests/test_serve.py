@@ -99,6 +99,19 @@ def test_info_lists_bundles_with_label_names(served):
     assert info["datastore"]["total"] == 10 and info["datastore"]["completed"] == 10
 
 
+@pytest.mark.timeout(600)
+def test_no_web_origin_is_allowed_by_default(served):
+    # the CORS restriction is applied at server start-up (not on import of the ASGI module)
+    origin = {"Origin": "http://example.org"}
+    response = call("GET", f"{served['url']}/info/", headers=origin)
+    assert response.status == 200
+    assert "access-control-allow-origin" not in response.headers
+    preflight = call(
+        "OPTIONS", f"{served['url']}/info/", headers={**origin, "Access-Control-Request-Method": "GET"}
+    )
+    assert preflight.status == 400 and "access-control-allow-origin" not in preflight.headers
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("how", ["upload", "datastore"])
 def test_infer_fold0_case_on_image_grid_with_dice(served, hippocampus_dir: Path, cases, how):
