@@ -80,12 +80,13 @@ def _where_data_is_expected() -> str:
 
     found = find_data_dir()
     if os.environ.get(DATA_ENV):
-        where = f"{DATA_ENV}={os.environ[DATA_ENV]} has no {DICOM_SUBFOLDER}"
+        where = f"{DICOM_SUBFOLDER} is missing from {DATA_ENV}={os.environ[DATA_ENV]}"
     elif found is not None:
-        where = f"the data folder {found} has no {DICOM_SUBFOLDER}"
+        where = f"{DICOM_SUBFOLDER} is missing from the data folder {found}"
     else:
         where = (
-            f"no shared/data folder beside the medseg source checkout or beside {Path.cwd()} or its parents"
+            "the data folder is missing: no shared/data beside the medseg source checkout "
+            f"or beside {Path.cwd()} or one of its parents"
         )
     return f"{where}; set {DATA_ENV} to the data folder that holds {DICOM_SUBFOLDER}"
 
