@@ -16,10 +16,14 @@ there as the app class. Differences from MONAI Label's stock ``monaibundle`` app
 * the local datastore never writes through a link into the mirrored studies, and the DICOMweb
   datastore converts series with medseg's strict loader (no dcmqi download, no ITK conversion).
 
-Written against monailabel 0.8.5. The few places where its classes expose no public accessor
-(the task tables of the app, the DICOMweb client of the datastore) are wrapped here, in the
-"adapter" methods of :class:`MedsegLabelApp` and :class:`MedsegDICOMWebDatastore`; the ASGI app and
-the inference workers use only those.
+Written against monailabel 0.8.5. Where its classes expose no public accessor (the task tables
+of the app, the DICOMweb client of the datastore) this module wraps them, in the adapter methods
+of :class:`MedsegLabelApp` (``infer_names``, ``trainer_names``, ``infer_task``) and
+:class:`MedsegDICOMWebDatastore` (``client``, ``fetch_by_frame``, ``store_instances``); the ASGI app
+and the inference workers use only those. The subclasses here also override protected hooks of
+their monailabel 0.8.5 bases (``_get_network``, ``_partition_datalist``, ``_update_overrides``,
+the local datastore's ``_datastore`` / ``_to_id`` / ``_filename``): re-check them when monailabel
+is upgraded.
 """
 
 from __future__ import annotations
