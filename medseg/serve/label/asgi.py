@@ -14,7 +14,8 @@ What changes against the stock server (monailabel 0.8.5):
   coded concepts (:mod:`medseg.serve.label.seg_output`); with ``params={"store": true}`` the SEG is also
   stored back on the DICOMweb server with STOW-RS;
 * ``POST /train/{model}`` answers 404 for an unknown model and 409 without enough labels, and
-  never blocks the event loop; the train task writes a new weights version (see label_app);
+  never blocks the event loop; the train task writes a new weights version (see
+  :mod:`medseg.serve.label.app`);
 * errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500.
 
 Importing this module changes nothing and starts nothing: the worker pool is started and MONAI
