@@ -63,7 +63,7 @@ INFER_WORKERS = max(1, int(os.environ.get("MEDSEG_SERVE_INFER_WORKERS", "1")))
 
 
 def _new_pool() -> ProcessPoolExecutor:
-    """Worker processes (see medseg.serve.worker), started with the server, each with its own app."""
+    """Worker processes (see medseg.serve.label.worker), started with the server, each with its own app."""
     pool = ProcessPoolExecutor(
         max_workers=INFER_WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=worker.init
     )
