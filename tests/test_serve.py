@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from test_serve_common import (
     REPO_ROOT,
+    call,
     fold_cases,
     hippocampus_bundles,
     label_python,
@@ -28,7 +29,6 @@ from test_serve_common import (
     truncated,
 )
 
-from medseg.serve.http import call
 from medseg.serve.launcher import LabelServer
 from medseg.serve.workdir import discover_bundles, prepare_workdir
 
@@ -97,6 +97,19 @@ def test_info_lists_bundles_with_label_names(served):
         assert model["weights"] == "model.pt"
     assert sorted(info["trainers"]) == sorted(served["names"])
     assert info["datastore"]["total"] == 10 and info["datastore"]["completed"] == 10
+
+
+@pytest.mark.timeout(600)
+def test_no_web_origin_is_allowed_by_default(served):
+    # the CORS restriction is applied at server start-up (not on import of the ASGI module)
+    origin = {"Origin": "http://example.org"}
+    response = call("GET", f"{served['url']}/info/", headers=origin)
+    assert response.status == 200
+    assert "access-control-allow-origin" not in response.headers
+    preflight = call(
+        "OPTIONS", f"{served['url']}/info/", headers={**origin, "Access-Control-Request-Method": "GET"}
+    )
+    assert preflight.status == 400 and "access-control-allow-origin" not in preflight.headers
 
 
 @pytest.mark.timeout(900)

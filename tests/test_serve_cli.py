@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_serve_common import REPO_ROOT, fold_cases, hippocampus_bundles, label_python, make_msd_studies
+from test_serve_common import REPO_ROOT, call, fold_cases, hippocampus_bundles, label_python, make_msd_studies
 
 from medseg.errors import BundleError, ConfigError, InputError
 from medseg.serve.launcher import free_port
@@ -130,8 +130,6 @@ def test_medseg_serve_prints_ready_url_and_stops_on_sigterm(hippocampus_dir: Pat
                 ready = match.group(1)
                 break
         assert ready == f"http://127.0.0.1:{port}", "".join(lines)[-3000:]
-        from medseg.serve.http import call
-
         assert call("GET", f"{ready}/info/").status == 200
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)

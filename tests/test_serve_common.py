@@ -8,12 +8,16 @@ import io
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+sys.path.insert(0, str(REPO_ROOT / "workflows"))
+from http_client import call  # noqa: E402, F401 - the workflows' HTTP client, re-exported for the tests
 
 
 def label_python() -> Path:

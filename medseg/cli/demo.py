@@ -74,6 +74,23 @@ def _data_dir() -> Path | None:
     return found if found is not None and (found / DICOM_SUBFOLDER).is_dir() else None
 
 
+def _where_data_is_expected() -> str:
+    """Where the demo looked for the project data, and how to point it there."""
+    from medseg.paths import DATA_ENV, find_data_dir
+
+    found = find_data_dir()
+    if os.environ.get(DATA_ENV):
+        where = f"{DICOM_SUBFOLDER} is missing from {DATA_ENV}={os.environ[DATA_ENV]}"
+    elif found is not None:
+        where = f"{DICOM_SUBFOLDER} is missing from the data folder {found}"
+    else:
+        where = (
+            "the data folder is missing: no shared/data beside the medseg source checkout "
+            f"or beside {Path.cwd()} or one of its parents"
+        )
+    return f"{where}; set {DATA_ENV} to the data folder that holds {DICOM_SUBFOLDER}"
+
+
 def find_demo_inputs(cache_dir: str | os.PathLike | None = None, download: bool = True) -> tuple[Path, str]:
     """The folder to segment and a description of where it comes from.
 
@@ -89,11 +106,9 @@ def find_demo_inputs(cache_dir: str | os.PathLike | None = None, download: bool 
     if data is not None:
         return data / DICOM_SUBFOLDER, "hippocampus DICOM crop series of the project data"
     if not download:
-        from medseg.paths import DATA_ENV
-
         raise InputError(
-            f"the project data folder with {DICOM_SUBFOLDER} was not found: set {DATA_ENV} to the folder "
-            "that holds it (see the README), or allow the MSD download"
+            f"the project data was not found ({_where_data_is_expected()}; see the README), "
+            "or allow the MSD download"
         )
     from monai.apps import DecathlonDataset
 
@@ -103,6 +118,11 @@ def find_demo_inputs(cache_dir: str | os.PathLike | None = None, download: bool 
         else Path(os.environ.get("MEDSEG_CACHE_DIR", Path.home() / ".cache" / "medseg"))
     )
     cache.mkdir(parents=True, exist_ok=True)
+    print(
+        f"medseg demo: the project data was not found ({_where_data_is_expected()}); "
+        f"downloading three MSD Task04 images into {cache} instead",
+        flush=True,
+    )
     try:
         dataset = DecathlonDataset(
             root_dir=str(cache),
@@ -113,7 +133,10 @@ def find_demo_inputs(cache_dir: str | os.PathLike | None = None, download: bool 
             transform=None,
         )
     except Exception as exc:  # network or archive problems
-        raise InputError(f"cannot download MSD Task04 into {cache}: {exc}") from exc
+        raise InputError(
+            f"cannot download MSD Task04 into {cache} ({exc}); the project data was not found either "
+            f"({_where_data_is_expected()})"
+        ) from exc
     folder = cache / "demo-inputs"
     folder.mkdir(exist_ok=True)
     for item in dataset.data[:3]:

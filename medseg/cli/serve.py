@@ -1,8 +1,10 @@
-"""``medseg serve [--studies PATH_OR_DICOMWEB_URL] [--bundles NAMES] [--port N] [--workdir DIR]``.
+"""``medseg serve [--studies PATH_OR_URL] [--bundles PATH_OR_NAME ...] [--bundles-dir DIR] [--port N]``.
 
 Prepares a working folder (served copies of the bundles, a datastore mirrored from the studies)
 and runs a MONAI Label server for 3D Slicer on 127.0.0.1 in the foreground, until Ctrl-C/SIGTERM.
-See workflows/README.md.
+Works from a source checkout and from an installed package: bundles are folder paths (or names
+looked up as :mod:`medseg.paths` says), and the MONAI Label venv is built from the recipe shipped
+in the package on first use. See workflows/README.md.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "serve",
         help="serve bundles to 3D Slicer / DICOMweb through a MONAI Label server on 127.0.0.1",
-        description="Start a MONAI Label server on 127.0.0.1 that serves the bundles under bundles/ "
-        "(model names = bundle folder names). The studies folder is never written to: it is mirrored "
+        description="Start a MONAI Label server on 127.0.0.1 that serves MONAI bundles "
+        "(model names = bundle folder names). The MONAI Label venv is built on first use (minutes). The studies folder is never written to: it is mirrored "
         "into WORKDIR/datastore (links; DICOM series converted to NIfTI; MSD labelsTr copied as final "
         "labels). /train writes fine-tuned weights as new versions in WORKDIR, never into bundles/. "
         "No authentication: keep it on 127.0.0.1 or behind an authenticating proxy. Research use only.",
@@ -36,12 +38,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bundles",
-        metavar="NAMES",
+        metavar="PATH_OR_NAME",
+        nargs="+",
         default=None,
-        help="comma-separated bundle folder names to serve (default: every bundle under --bundles-dir)",
+        help="bundles to serve: bundle folder paths, or names of folders in --bundles-dir (or in the "
+        "bundles folder found as for --bundles-dir); several, space- or comma-separated "
+        "(default: every bundle with weights in --bundles-dir)",
     )
     parser.add_argument(
-        "--bundles-dir", metavar="DIR", default=None, help="folder of bundles (default: <repo>/bundles)"
+        "--bundles-dir",
+        metavar="DIR",
+        default=None,
+        help="folder of bundle folders (default: $MEDSEG_BUNDLES_DIR, else bundles/ beside the source "
+        "checkout or in the working directory or a parent)",
     )
     parser.add_argument(
         "--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0 picks a free one)"
@@ -73,15 +82,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.serve.launcher import LabelServer, find_label_python, free_port, port_is_free, run_foreground
-    from medseg.serve.workdir import REPO_ROOT, default_workdir, discover_bundles, prepare_workdir
+    from medseg.serve.workdir import default_workdir, prepare_workdir, select_bundles
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port")
     if args.infer_workers < 1:
         raise ConfigError("--infer-workers must be at least 1")
-    names = [n.strip() for n in args.bundles.split(",") if n.strip()] if args.bundles else None
-    bundles_dir = Path(args.bundles_dir) if args.bundles_dir else REPO_ROOT / "bundles"
-    bundles = discover_bundles(bundles_dir, names)
+    wanted = [n.strip() for item in args.bundles or [] for n in item.split(",") if n.strip()]
+    bundles = select_bundles(wanted or None, Path(args.bundles_dir) if args.bundles_dir else None)
     workdir = Path(args.workdir) if args.workdir else default_workdir()
     prepared = prepare_workdir(workdir, args.studies, bundles)
     if prepared.report is not None:

@@ -1,8 +1,14 @@
 """Start, watch and stop the MONAI Label server of ``medseg serve`` (core venv side).
 
-The server runs in the MONAI Label venv (``workflows/label_venv.sh``) as a child process in its
-own process group, bound to 127.0.0.1; :class:`LabelServer` starts it, waits until ``GET /info/``
-answers, and stops it together with everything it started (training jobs included).
+The server runs in the MONAI Label venv as a child process in its own process group, bound to
+127.0.0.1; :class:`LabelServer` starts it, waits until ``GET /info/`` answers, and stops it together
+with everything it started (training jobs included).
+
+The venv's recipe (``label_venv.sh`` with its pinned requirements) ships inside the package
+(``medseg/serve/label/recipe/``), so ``medseg serve`` builds the venv on first use from a source
+checkout and from an installed package alike. The server imports the *same* medseg as the caller:
+:func:`medseg_pythonpath` puts this package (found from ``medseg.__file__``, never a repository
+root) on the server's ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -19,19 +25,21 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import medseg
 from medseg.errors import ConfigError, MedsegError
-from medseg.serve.workdir import REPO_ROOT, PreparedWorkdir
+from medseg.serve.workdir import PreparedWorkdir
 
 __all__ = [
     "LabelServer",
     "ServerError",
     "find_label_python",
     "free_port",
+    "medseg_pythonpath",
     "port_is_free",
     "LABEL_VENV_SCRIPT",
 ]
 
-LABEL_VENV_SCRIPT = REPO_ROOT / "workflows" / "label_venv.sh"
+LABEL_VENV_SCRIPT = Path(__file__).resolve().parent / "label" / "recipe" / "label_venv.sh"
 HOST = "127.0.0.1"
 
 
@@ -56,35 +64,87 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     return True
 
 
+def _run_recipe(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(LABEL_VENV_SCRIPT), *args], stdout=subprocess.PIPE, stderr=None, text=True
+    )
+
+
 def find_label_python(create: bool = True) -> Path:
-    """Python of the MONAI Label venv: ``$MEDSEG_LABEL_PYTHON``, else the venv of label_venv.sh.
+    """Python of the MONAI Label venv: ``$MEDSEG_LABEL_PYTHON``, else the venv of the shipped recipe.
 
     Args:
-        create: make the venv when it does not exist yet (minutes, about 8 GB); else fail.
+        create: build the venv when it does not exist yet (first use: minutes, about 8 GB; a message
+            says so); else fail.
 
     Raises:
-        ConfigError: no usable venv.
+        ConfigError: no usable venv; the message says how to make one.
     """
     explicit = os.environ.get("MEDSEG_LABEL_PYTHON")
     if explicit:
         if not Path(explicit).is_file():
-            raise ConfigError(f"MEDSEG_LABEL_PYTHON={explicit} does not exist")
+            raise ConfigError(
+                f"MEDSEG_LABEL_PYTHON={explicit} does not exist; unset it or point it at a python"
+            )
         return Path(explicit)
+    build = f"bash {LABEL_VENV_SCRIPT}"
     if not LABEL_VENV_SCRIPT.is_file():
         raise ConfigError(
-            f"{LABEL_VENV_SCRIPT} not found: run medseg serve from a medseg checkout or set MEDSEG_LABEL_PYTHON"
+            f"the MONAI Label venv recipe {LABEL_VENV_SCRIPT} is missing from this medseg installation; "
+            "reinstall medseg or set MEDSEG_LABEL_PYTHON to the python of a MONAI Label 0.8.5 venv"
         )
-    cmd = ["bash", str(LABEL_VENV_SCRIPT)] + ([] if create else ["--path"])
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    proc = _run_recipe("--path")  # fast: an existing, completely built venv
+    if proc.returncode != 0 and create:
+        print(
+            "medseg serve: building the MONAI Label venv on first use (a few minutes, about 8 GB; "
+            f"later runs reuse it). Recipe: {LABEL_VENV_SCRIPT}",
+            file=sys.stderr,
+            flush=True,
+        )
+        proc = _run_recipe()
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
         raise ConfigError(
-            f"the MONAI Label venv is not ready ({' '.join(cmd)} exited {proc.returncode}); run workflows/label_venv.sh"
+            f"the MONAI Label venv is not ready ({build} exited {proc.returncode}); "
+            f"run `{build}` and read its messages, or set MEDSEG_LABEL_PYTHON"
         )
     python = Path(lines[-1]) / "bin" / "python"
     if not python.is_file():
-        raise ConfigError(f"{python} does not exist; run workflows/label_venv.sh")
+        raise ConfigError(f"{python} does not exist; rebuild the venv with `{build}`")
     return python
+
+
+def medseg_pythonpath(workdir: str | os.PathLike) -> Path:
+    """A folder that makes the MONAI Label venv import this very medseg; returns it for ``PYTHONPATH``.
+
+    The package's parent folder cannot go on the server's path as it is: for an installed package
+    that is the core venv's ``site-packages``, whose numpy 2 / pydicom 3 / monai 1.6 would shadow the
+    MONAI Label venv's own. So ``WORKDIR/python/`` gets a link to the package (``medseg.__file__``'s
+    folder) and a minimal ``medseg-<version>.dist-info`` (``medseg.__version__`` stays the same there).
+
+    Args:
+        workdir: the prepared working folder.
+    """
+    package = Path(medseg.__file__).resolve().parent
+    folder = Path(workdir) / "python"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "medseg"
+    if not (link.is_symlink() and Path(os.readlink(link)) == package):
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        tmp = folder / f".medseg-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(package, target_is_directory=True)
+        os.replace(tmp, link)
+    for stale in folder.glob("medseg-*.dist-info"):
+        if stale.name != f"medseg-{medseg.__version__}.dist-info":
+            for entry in stale.iterdir():
+                entry.unlink()
+            stale.rmdir()
+    info = folder / f"medseg-{medseg.__version__}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: medseg\nVersion: {medseg.__version__}\n")
+    return folder
 
 
 class LabelServer:
@@ -134,16 +194,15 @@ class LabelServer:
             "models",
             ",".join(self.prepared.bundles),
             "--uvicorn_app",
-            "medseg.serve.asgi:app",
+            "medseg.serve.label.asgi:app",
         ]
 
     def environment(self) -> dict[str, str]:
-        env = dict(
-            os.environ
-        )  # MONAI_LABEL_* settings of the caller (e.g. DICOMweb credentials) pass through
+        # MONAI_LABEL_* settings of the caller (e.g. DICOMweb credentials) pass through
+        env = dict(os.environ)
         root = self.prepared.root
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (str(medseg_pythonpath(root)), os.environ.get("PYTHONPATH", "")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
         env["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(root / "dicomweb-cache")

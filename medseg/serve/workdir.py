@@ -2,12 +2,13 @@
 
 Layout of ``WORKDIR``::
 
-    app/                   the MONAI Label app (main.py from workflows/label/app/)
-    app/model/<bundle>/    served copy of bundles/<bundle> (configs, docs, LICENSE, models/model.pt);
+    app/                   the MONAI Label app (main.py from medseg/serve/label/recipe/)
+    app/model/<bundle>/    served copy of a bundle folder (configs, docs, LICENSE, models/model.pt);
                            /train adds models/model-ftNNN-<time>.pt and never touches model.pt
     datastore/             MONAI Label local datastore: images (symbolic links to the studies, or
                            NIfTI converted from their DICOM series) and labels/final/ (copies)
     dicomweb-cache/        cache of series fetched from a DICOMweb server
+    python/                the medseg package the server imports (see medseg.serve.launcher)
     serve.json             what was prepared last (bundles, studies, counts, skipped inputs)
 
 Nothing is ever written into the studies source: images are linked (the server's datastore
@@ -27,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from medseg import paths
 from medseg.bundle.core import Bundle, open_bundle
 from medseg.errors import BundleError, ConfigError, InputError, MedsegError
 from medseg.io.atomic import atomic_copy
@@ -35,9 +37,9 @@ from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix, strip_image
 __all__ = [
     "PreparedWorkdir",
     "MirrorReport",
-    "REPO_ROOT",
     "default_workdir",
     "discover_bundles",
+    "select_bundles",
     "is_dicomweb_url",
     "mirror_studies",
     "prepare_workdir",
@@ -47,8 +49,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-APP_TEMPLATE = REPO_ROOT / "workflows" / "label" / "app" / "main.py"
+APP_TEMPLATE = Path(__file__).resolve().parent / "label" / "recipe" / "main.py"
 SHIPPED_BUNDLE_PARTS = ("configs", "docs", "LICENSE")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -101,6 +102,55 @@ def discover_bundles(bundles_root: str | os.PathLike, names: list[str] | None = 
     if not bundles:
         raise BundleError(f"no bundle in {root} has trained weights (models/model.pt) to serve")
     return bundles
+
+
+def select_bundles(
+    bundles: list[str] | None = None, bundles_dir: str | os.PathLike | None = None
+) -> list[Bundle]:
+    """The bundles ``medseg serve`` serves (model names are their folder names).
+
+    Args:
+        bundles: bundle folder paths or bundle names; a name is looked up in ``bundles_dir`` when
+            given, else where :func:`medseg.paths.resolve_bundle_path` looks. None: every bundle
+            with weights in ``bundles_dir`` (default :func:`medseg.paths.bundles_dir`).
+        bundles_dir: a folder of bundle folders.
+
+    Raises:
+        BundleError: a bundle is not found, two have the same folder name, or there is none.
+        ConfigError: no bundle is named and no bundles folder is given or found.
+    """
+    if not bundles:
+        root = Path(bundles_dir) if bundles_dir is not None else paths.bundles_dir()
+        if root is None:
+            raise ConfigError(
+                "no bundles folder found (looked in $MEDSEG_BUNDLES_DIR, beside the medseg source checkout, "
+                f"and for bundles/ in {Path.cwd()} and its parents): give --bundles PATH [PATH ...] or "
+                f"--bundles-dir DIR, or set {paths.BUNDLES_ENV}"
+            )
+        return discover_bundles(root)
+    selected: list[Bundle] = []
+    for item in bundles:
+        path = Path(item)
+        if (path / "configs" / "metadata.json").is_file():
+            selected.append(open_bundle(path.resolve()))
+        elif bundles_dir is not None and len(path.parts) == 1:
+            selected.extend(discover_bundles(bundles_dir, [item]))
+        else:
+            found = paths.resolve_bundle_path(item)
+            if found is None or not (found / "configs" / "metadata.json").is_file():
+                searched = ", ".join(str(d) for d in paths.bundle_search_dirs()) or "no bundles folder found"
+                raise BundleError(
+                    f"no bundle {item!r}: not a bundle folder (with configs/metadata.json) and not a bundle "
+                    f"name in {searched}; give the bundle's folder path, or --bundles-dir DIR"
+                )
+            selected.append(open_bundle(found))
+    names = [b.name for b in selected]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BundleError(
+            f"two bundles are named {', '.join(twice)} (model names are folder names); serve one"
+        )
+    return selected
 
 
 def sync_bundle(bundle: Bundle, model_root: Path) -> Path:
@@ -329,7 +379,7 @@ def prepare_workdir(
     model_root.mkdir(parents=True, exist_ok=True)
     if not APP_TEMPLATE.is_file():
         raise ConfigError(
-            f"MONAI Label app {APP_TEMPLATE} not found: run medseg serve from a medseg checkout"
+            f"MONAI Label app template {APP_TEMPLATE} is missing from this medseg installation; reinstall medseg"
         )
     shutil.copy2(APP_TEMPLATE, app_dir / "main.py")
     served = [sync_bundle(b, model_root).name for b in bundles]

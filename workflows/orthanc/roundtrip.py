@@ -30,9 +30,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "workflows"))  # http_client
+
+from http_client import call  # noqa: E402
 
 from medseg.bundle.core import open_bundle  # noqa: E402
-from medseg.serve.http import call  # noqa: E402
 from medseg.serve.launcher import LabelServer, find_label_python  # noqa: E402
 from medseg.serve.workdir import discover_bundles, prepare_workdir  # noqa: E402
 

@@ -1,7 +1,8 @@
 """The MONAI Label app that serves medseg bundles (imported in the MONAI Label venv only).
 
-``workflows/label/app/main.py`` imports :class:`MedsegLabelApp`; MONAI Label finds it there as
-the app class. Differences from MONAI Label's stock ``monaibundle`` app:
+The app template ``medseg/serve/label/recipe/main.py`` (copied into the workdir by
+:func:`medseg.serve.workdir.prepare_workdir`) imports :class:`MedsegLabelApp`; MONAI Label finds it
+there as the app class. Differences from MONAI Label's stock ``monaibundle`` app:
 
 * models are the bundle folders under ``<app>/model/`` (``--conf models a,b`` selects some);
   nothing is downloaded from a model zoo;
@@ -14,6 +15,15 @@ the app class. Differences from MONAI Label's stock ``monaibundle`` app:
   as a new version file: ``models/model.pt`` is never overwritten;
 * the local datastore never writes through a link into the mirrored studies, and the DICOMweb
   datastore converts series with medseg's strict loader (no dcmqi download, no ITK conversion).
+
+Written against monailabel 0.8.5. Where its classes expose no public accessor (the task tables
+of the app, the DICOMweb client of the datastore) this module wraps them, in the adapter methods
+of :class:`MedsegLabelApp` (``infer_names``, ``trainer_names``, ``infer_task``) and
+:class:`MedsegDICOMWebDatastore` (``client``, ``fetch_by_frame``, ``store_instances``); the ASGI app
+and the inference workers use only those. The subclasses here also override protected hooks of
+their monailabel 0.8.5 bases (``_get_network``, ``_partition_datalist``, ``_update_overrides``,
+the local datastore's ``_datastore`` / ``_to_id`` / ``_filename``): re-check them when monailabel
+is upgraded.
 """
 
 from __future__ import annotations
@@ -289,7 +299,39 @@ class MedsegLocalDatastore(LocalDatastore):
 
 
 class MedsegDICOMWebDatastore(DICOMWebDatastore):
-    """DICOMweb datastore that converts series with medseg's strict loader."""
+    """DICOMweb datastore that converts series with medseg's strict loader and stores SEGs back.
+
+    Args:
+        client: the DICOMweb client (kept as :attr:`client`: monailabel 0.8.5 keeps it private).
+        search_filter: QIDO-RS filter of the series listed as images.
+        cache_path: where series are downloaded and converted.
+        fetch_by_frame: fetch instances frame by frame (kept as :attr:`fetch_by_frame`).
+        convert_to_nifti: as in :class:`DICOMWebDatastore`.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        search_filter: dict[str, Any],
+        cache_path: str | None = None,
+        fetch_by_frame: bool = False,
+        convert_to_nifti: bool = True,
+    ) -> None:
+        super().__init__(
+            client=client,
+            search_filter=search_filter,
+            cache_path=cache_path,
+            fetch_by_frame=fetch_by_frame,
+            convert_to_nifti=convert_to_nifti,
+        )
+        self.client = client
+        self.fetch_by_frame = fetch_by_frame
+
+    def store_instances(self, paths: list[str]) -> None:
+        """Store DICOM files (e.g. a SEG written for a request) on the DICOMweb server with STOW-RS."""
+        import pydicom
+
+        self.client.store_instances(datasets=[pydicom.dcmread(p) for p in paths])
 
     def _series_lock(self, image_id: str):
         """A lock on one series across threads and worker processes (a lock file beside it)."""
@@ -307,7 +349,7 @@ class MedsegDICOMWebDatastore(DICOMWebDatastore):
                 # download beside it and rename: a failed or concurrent fetch never leaves half a series
                 part = tempfile.mkdtemp(prefix=f".{image_id}.part-", dir=os.path.dirname(image_dir))
                 try:
-                    dicom_web_download_series(None, image_id, part, self._client, self._fetch_by_frame)
+                    dicom_web_download_series(None, image_id, part, self.client, self.fetch_by_frame)
                     if os.path.isdir(image_dir):
                         shutil.rmtree(image_dir)
                     os.replace(part, image_dir)
@@ -360,6 +402,22 @@ class MedsegLabelApp(MONAILabelApp):
             description="medseg MONAI bundles (research use only, not for diagnosis)",
             version=medseg.__version__,
         )
+
+    # adapter: monailabel 0.8.5 keeps the app's tasks in `_infers` / `_trainers` and offers no public
+    # accessor by name (MONAILabelApp.info() builds every task's info); the ASGI app and the
+    # inference workers go through these three methods only
+    def infer_names(self) -> list[str]:
+        """Names of the served models (bundles with inference configs and weights)."""
+        return sorted(self._infers)
+
+    def trainer_names(self) -> list[str]:
+        """Names of the models that ``POST /train/{model}`` can fine-tune."""
+        return sorted(self._trainers)
+
+    def infer_task(self, name: str) -> MedsegInferTask | None:
+        """The inference task of a served model, or None for an unknown name."""
+        task = self._infers.get(name)
+        return task if isinstance(task, MedsegInferTask) else None
 
     def init_infers(self):
         infers = {}
@@ -418,5 +476,5 @@ class MedsegLabelApp(MONAILabelApp):
         )
 
     def _download_dcmqi_tools(self):
-        # DICOM SEG is written with highdicom (medseg.serve.dicomweb); nothing to download
+        # DICOM SEG is written with highdicom (medseg.serve.label.seg_output); nothing to download
         return None

@@ -1,6 +1,6 @@
 """Inference worker processes of the medseg MONAI Label server (MONAI Label venv only).
 
-``medseg.serve.asgi`` runs every inference in a pool of worker processes (spawned, each with its
+``medseg.serve.label.asgi`` runs every inference in a pool of worker processes (spawned, each with its
 own MONAI Label app instance built from the same settings), not in threads of the server: a
 thread doing inference holds Python's GIL in its transforms, and on a busy machine the operating
 system can deschedule it while it holds it, so the event loop (``/info/``, the datastore,
@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["JobError", "error_status", "init", "ping", "infer_job"]
 
-logger = logging.getLogger("medseg.serve.worker")
+logger = logging.getLogger("medseg.serve.label.worker")
 
 _instance = None
 
@@ -94,12 +94,10 @@ def _infer(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, param
     if result is None:
         raise JobError(500, "inference returned no result")
     if dicom_seg:
-        import pydicom
-
-        from medseg.serve.dicomseg import label_file_to_seg
+        from medseg.serve.label.seg_output import label_file_to_seg
 
         datastore = instance.datastore()
-        task = instance._infers[request["model"]]
+        task = instance.infer_task(request["model"])
         fd, seg_path = tempfile.mkstemp(prefix="medseg-seg-", suffix=".dcm")
         os.close(fd)
         result["dicom_seg"] = seg_path
@@ -113,7 +111,7 @@ def _infer(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, param
         result["seg_series_uid"] = uids["series_instance_uid"]
         result["stored"] = False
         if params.get("store"):
-            datastore._client.store_instances(datasets=[pydicom.dcmread(seg_path)])
+            datastore.store_instances([seg_path])
             result["stored"] = True
     return result
 

@@ -1,21 +1,26 @@
 """MONAI Label's FastAPI app with medseg's ``/infer`` and ``/train`` routes (MONAI Label venv only).
 
-Run by ``medseg serve`` as ``monailabel start_server ... --uvicorn_app medseg.serve.asgi:app``.
+Run by ``medseg serve`` as ``monailabel start_server ... --uvicorn_app medseg.serve.label.asgi:app``.
 What changes against the stock server (monailabel 0.8.5):
 
 * ``POST /infer/{model}`` checks the request before anything runs and answers 4xx with a message:
   404 for an unknown model or an image id the datastore does not hold (server file paths are not
   accepted as ids), 415 for an upload that is not NIfTI/NRRD, 422 for one that cannot be read
   (truncated, not an image), 400 for malformed params; the inference itself runs in a pool of
-  worker processes (``MEDSEG_SERVE_INFER_WORKERS``, default 1; see :mod:`medseg.serve.worker`),
+  worker processes (``MEDSEG_SERVE_INFER_WORKERS``, default 1; see :mod:`medseg.serve.label.worker`),
   so the event loop (``/info/``, the datastore, training status) stays responsive while requests
   queue;
 * ``output=dicom_seg`` (DICOMweb datastore) writes a DICOM SEG with the bundle's label names and
-  coded concepts (:mod:`medseg.serve.dicomseg`); with ``params={"store": true}`` the SEG is also
+  coded concepts (:mod:`medseg.serve.label.seg_output`); with ``params={"store": true}`` the SEG is also
   stored back on the DICOMweb server with STOW-RS;
 * ``POST /train/{model}`` answers 404 for an unknown model and 409 without enough labels, and
-  never blocks the event loop; the train task writes a new weights version (see label_app);
+  never blocks the event loop; the train task writes a new weights version (see
+  :mod:`medseg.serve.label.app`);
 * errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500.
+
+Importing this module changes nothing and starts nothing: the worker pool is started and MONAI
+Label's CORS middleware restricted by :func:`startup`, which :func:`app` runs on the first event
+it gets from the server (the ASGI lifespan start-up under uvicorn).
 """
 
 # ruff: noqa: B008 - FastAPI declares request parameters with File()/Form()/Depends() defaults
@@ -47,10 +52,10 @@ from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedsegError
 from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix
-from medseg.serve import worker
-from medseg.serve.worker import JobError, error_status
+from medseg.serve.label import worker
+from medseg.serve.label.worker import JobError, error_status
 
-__all__ = ["app", "api", "stock_app", "INFER_POOL"]
+__all__ = ["app", "api", "stock_app", "startup", "infer_pool"]
 
 logger = logging.getLogger("medseg.serve")
 
@@ -59,7 +64,7 @@ INFER_WORKERS = max(1, int(os.environ.get("MEDSEG_SERVE_INFER_WORKERS", "1")))
 
 
 def _new_pool() -> ProcessPoolExecutor:
-    """Worker processes (see medseg.serve.worker), started with the server, each with its own app."""
+    """Worker processes (see medseg.serve.label.worker), started with the server, each with its own app."""
     pool = ProcessPoolExecutor(
         max_workers=INFER_WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=worker.init
     )
@@ -68,9 +73,27 @@ def _new_pool() -> ProcessPoolExecutor:
     return pool
 
 
-INFER_POOL = _new_pool()
 MAX_QUEUED = max(1, int(os.environ.get("MEDSEG_SERVE_MAX_QUEUED", "64")))
 _queued = 0
+_pool: ProcessPoolExecutor | None = None
+_started = False
+
+
+def infer_pool() -> ProcessPoolExecutor:
+    """The inference worker pool; started on first use (normally by :func:`startup`)."""
+    global _pool
+    if _pool is None:
+        _pool = _new_pool()
+    return _pool
+
+
+def _replace_broken_pool(broken: ProcessPoolExecutor) -> None:
+    """A worker of ``broken`` died (killed, out of memory): the pool refuses all further work, so start
+    a new one for what follows (once, however many requests saw it fail)."""
+    global _pool
+    if _pool is broken:
+        broken.shutdown(wait=False, cancel_futures=True)
+        _pool = _new_pool()
 
 
 class BadRequest(HTTPException):
@@ -130,17 +153,17 @@ def _datastore_has(instance: Any, image: str) -> bool:
 
 
 async def _run(func, *args):
-    global _queued, INFER_POOL
+    global _queued
     if _queued >= MAX_QUEUED:
         raise HTTPException(
             status_code=503, detail=f"{_queued} inference requests are waiting; try again later"
         )
     _queued += 1
+    pool = infer_pool()
     try:
-        return await asyncio.get_running_loop().run_in_executor(INFER_POOL, func, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, func, *args)
     except BrokenProcessPool:
-        if INFER_POOL._broken:  # a worker died (killed, out of memory): start a new pool for what follows
-            INFER_POOL = _new_pool()
+        _replace_broken_pool(pool)
         raise
     finally:
         _queued -= 1
@@ -158,8 +181,8 @@ async def api_run_inference(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
 ):
     instance = app_instance()
-    if model not in instance._infers:
-        names = ", ".join(sorted(instance._infers)) or "none"
+    if model not in instance.infer_names():
+        names = ", ".join(instance.infer_names()) or "none"
         raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has: {names}")
     p = _parse_params(params)
     sources = [s for s in (bool(image), file is not None, bool(session_id)) if s]
@@ -235,8 +258,8 @@ async def api_run_inference(
 
 def _train_checks(model: str) -> None:
     instance = app_instance()
-    if model not in instance._trainers:
-        names = ", ".join(sorted(instance._trainers)) or "none"
+    if model not in instance.trainer_names():
+        names = ", ".join(instance.trainer_names()) or "none"
         raise HTTPException(status_code=404, detail=f"unknown model {model!r}; trainable models: {names}")
     labelled = len(instance.datastore().datalist())
     if labelled < 2:
@@ -283,7 +306,17 @@ def _restrict_cors() -> None:
     stock_app.middleware_stack = None
 
 
-_restrict_cors()
+def startup() -> None:
+    """Server start-up, once: restrict CORS (before the middleware stack is built) and start the
+    inference workers so that they load the models while MONAI Label starts."""
+    global _started
+    if _started:
+        return
+    _started = True
+    _restrict_cors()
+    infer_pool()
+
+
 api.add_api_route(
     "/infer/{model}",
     api_run_inference,
@@ -301,6 +334,8 @@ _OURS = re.compile(r"^/(infer|train)/[^/]+/?$")
 
 async def app(scope, receive, send):
     """The ASGI app uvicorn runs: medseg's routes first, MONAI Label's for the rest."""
+    if not _started:
+        startup()
     if scope["type"] == "http" and scope.get("method") == "POST" and _OURS.match(scope.get("path", "")):
         await api(scope, receive, send)
     else:
