@@ -12,6 +12,8 @@ from monai.data import MetaTensor
 
 from medseg import classical
 
+pytestmark = pytest.mark.needs_data
+
 CASE = "hippocampus_001"
 METHODS = [classical.otsu_segment, classical.region_growing_segment, classical.kmeans_segment]
 

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_serve_common import REPO_ROOT, call, fold_cases, label_python, make_msd_studies
+from support.serve import REPO_ROOT, call, fold_cases, label_python, make_msd_studies
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_data]
 
 BUNDLE = REPO_ROOT / "bundles" / "hippocampus_unet3d"
 OUTPUTS = ("segmentation.nii.gz", "segmentation.dcm", "overlay.png", "report.json")
@@ -171,9 +171,10 @@ def test_demo_from_an_installed_package_says_where_things_are_expected(installed
     assert list(out.rglob("segmentation.dcm")), sorted(str(p) for p in out.rglob("*"))
 
 
+@pytest.mark.needs_label_venv
 @pytest.mark.timeout(900)
 def test_serve_from_an_installed_package_runs_that_medseg_in_the_label_venv(installed, hippocampus_dir: Path):
-    python = label_python()  # skips (fails in CI) without the MONAI Label venv
+    python = label_python()
     root = installed["root"]
     studies = make_msd_studies(hippocampus_dir, root / "serve-studies", fold_cases(hippocampus_dir, 0)[:1])
     work = root / "serve-live"

@@ -13,6 +13,8 @@ from monai.transforms import ResizeWithPadOrCrop
 from medseg import networks
 from medseg.losses import available_losses, create_loss
 
+pytestmark = pytest.mark.needs_data
+
 CASE = "hippocampus_003"
 ROI = (32, 48, 32)
 NUM_CLASSES = 3

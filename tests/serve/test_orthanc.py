@@ -8,35 +8,25 @@ Label server and the client) runs inside ``unshare -n``, a network namespace wit
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_serve_common import REPO_ROOT, hippocampus_bundles, label_python
+from support.serve import REPO_ROOT, hippocampus_bundles, label_python
 
 from medseg.bundle.core import open_bundle
 
-pytestmark = pytest.mark.slow
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.needs_data,
+    pytest.mark.needs_label_venv,
+    pytest.mark.needs_orthanc,
+]
 
 
 @pytest.mark.timeout(1500)
 def test_orthanc_round_trip_stores_a_coded_seg(shared_data: Path, tmp_path: Path):
-    _require(
-        shutil.which("Orthanc") is not None
-        and Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").is_file(),
-        "Orthanc with the DICOMweb plugin is not installed: run workflows/setup_ci.sh",
-    )
-    _require(os.geteuid() == 0 and shutil.which("unshare") is not None, "unshare -n needs root")
     python = label_python()
     bundle = hippocampus_bundles()[0]
     series = shared_data / "dicom" / "hippocampus-crops" / "Study1"

@@ -19,7 +19,7 @@ from medseg.bundle import (
 )
 from medseg.errors import BundleError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
 
 

@@ -27,6 +27,8 @@ from medseg.io.formats import (
     strip_image_suffix,
 )
 
+pytestmark = pytest.mark.needs_data
+
 CROPS = ("dicom", "hippocampus-crops")
 NIFTI = ("msd-task04-hippocampus", "imagesTr", "hippocampus_001.nii.gz")
 NRRD = ("nrrd", "pyradiomics", "brain1_label.nrrd")

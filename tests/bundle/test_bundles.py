@@ -16,7 +16,9 @@ import torch
 from medseg import paths
 from medseg.bundle import REQUIRED_FILES, evaluate_bundle, export_bundle, open_bundle
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.needs_data
+
+REPO = Path(__file__).resolve().parents[2]
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
 TRAINED = [name for name in BUNDLES if (REPO / "bundles" / name / "models" / "model.pt").is_file()]
 # The fold-0 mean Dice each shipped model must reach (the project's requirement per bundle).

@@ -9,6 +9,8 @@ import pytest
 
 from medseg.io import LoadImaged, load_image
 
+pytestmark = pytest.mark.needs_data
+
 
 @pytest.fixture()
 def series_with_missing_slice(shared_data: Path, tmp_path: Path) -> Path:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.needs_data
 
 
 def _free_port() -> int:

@@ -22,6 +22,8 @@ from medseg.io import load_image
 from medseg.io.dicom_seg import RESEARCH_ONLY
 from medseg.segment import read_seg, resample_labels_nearest, segment_specs, write_seg
 
+pytestmark = pytest.mark.needs_data
+
 HIPPO_LABELS = {0: "background", 1: "anterior hippocampus", 2: "posterior hippocampus"}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_serve_common import (
+from support.serve import (
     REPO_ROOT,
     call,
     fold_cases,
@@ -32,7 +32,7 @@ from test_serve_common import (
 from medseg.serve.launcher import LabelServer
 from medseg.serve.workdir import discover_bundles, prepare_workdir
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_data, pytest.mark.needs_label_venv]
 
 
 def sha256(path: Path) -> str:

@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 from medseg.engine import AtomicCheckpointSaver
 from medseg.engine.handlers import atomic_torch_save
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_atomic_save_survives_a_kill_mid_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_serve_common import REPO_ROOT, call, fold_cases, hippocampus_bundles, label_python, make_msd_studies
+from support.serve import REPO_ROOT, call, fold_cases, hippocampus_bundles, label_python, make_msd_studies
 
 from medseg.errors import BundleError, ConfigError, InputError
 from medseg.serve.launcher import free_port
 from medseg.serve.workdir import discover_bundles, mirror_studies, prepare_workdir
+
+pytestmark = pytest.mark.needs_data
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -89,6 +91,7 @@ def test_prepare_copies_bundles_and_rejects_unknown_ones(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_label_venv
 @pytest.mark.timeout(900)
 def test_medseg_serve_prints_ready_url_and_stops_on_sigterm(hippocampus_dir: Path, tmp_path: Path):
     python = label_python()

@@ -21,6 +21,8 @@ from monai.transforms import (
 
 from medseg.io import MedsegReader, load_image, scan_series
 
+pytestmark = pytest.mark.needs_data
+
 
 @pytest.fixture(scope="module")
 def study(shared_data: Path) -> Path:

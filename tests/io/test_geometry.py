@@ -20,6 +20,8 @@ from medseg.io.geometry import (
     slice_normal,
 )
 
+pytestmark = pytest.mark.needs_data
+
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)

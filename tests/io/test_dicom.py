@@ -19,6 +19,8 @@ import torch
 from medseg.errors import DicomError, GeometryError, InputError, SeriesSelectionError
 from medseg.io import load_image, scan_series
 
+pytestmark = pytest.mark.needs_data
+
 STUDY1 = "dicom/hippocampus-crops/Study1"
 STUDY2 = "dicom/hippocampus-crops/Study2"
 

@@ -39,7 +39,9 @@ from medseg.segment import (
     resample_labels_nearest,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.needs_data
+
+REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "hippocampus_unet3d"
 STUDIES = ["Study1", "Study2", "Study3"]
 # Per-label volumes of the 260 MSD Task04 training labels (labelsTr, 1 mm voxels): anterior

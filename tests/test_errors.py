@@ -12,6 +12,8 @@ import pytest
 from medseg.cli.main import error_message, flag_of, main
 from medseg.errors import BundleError, ConfigError, InputError, MedsegError, SeriesSelectionError
 
+pytestmark = pytest.mark.needs_data
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus_unet3d"
 FLAGS = ("--overlap", "--force", "--series", "--epochs", "--weights", "--fold", "--device", "--data")

@@ -10,6 +10,8 @@ import pytest
 from medseg.data import case_id, default_data_dir, load_msd_datalist, msd_labels, split_folds
 from medseg.errors import InputError
 
+pytestmark = pytest.mark.needs_data
+
 
 def test_msd_datalist_reads_all_cases(hippocampus_dir: Path) -> None:
     items = load_msd_datalist(hippocampus_dir)

@@ -22,6 +22,8 @@ from medseg.errors import GeometryError
 from medseg.io import load_image, read_dicom, save_nifti, scan_series
 from medseg.io.dicom import scan_folder
 
+pytestmark = pytest.mark.needs_data
+
 
 def _data_dir() -> Path:
     # needed here at collection time for the test ids

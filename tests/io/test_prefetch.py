@@ -13,7 +13,10 @@ import pytest
 from medseg.errors import GeometryError
 from medseg.io import prefetch, read_image
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork-based, Linux only")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork-based, Linux only"),
+    pytest.mark.needs_data,
+]
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import pytest
 from medseg.cli.main import main
 from medseg.io import load_image
 
+pytestmark = pytest.mark.needs_data
+
 
 @pytest.fixture(scope="module")
 def study(shared_data: Path) -> Path:

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_serve_common import REPO_ROOT, hippocampus_bundles, label_python
+from support.serve import REPO_ROOT, hippocampus_bundles, label_python
 
 import medseg
 from medseg.errors import BundleError, ConfigError
@@ -90,6 +90,7 @@ def test_select_bundles_takes_paths_names_and_folders(tmp_path: Path, monkeypatc
 
 
 @pytest.mark.slow
+@pytest.mark.needs_label_venv
 @pytest.mark.timeout(600)
 def test_importing_the_asgi_module_starts_nothing(tmp_path: Path):
     python = label_python()
