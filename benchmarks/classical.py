@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from medseg import classical
 from medseg.data import load_msd_datalist, split_folds
+from medseg.paths import data_dir
 
 METHODS = {
     "otsu": classical.otsu_segment,
@@ -35,10 +35,8 @@ LABELS = {1: "anterior", 2: "posterior"}
 
 
 def default_hippocampus_dir() -> Path:
-    """``$MEDSEG_DATA_DIR`` else ``../shared/data`` beside the repository, the MSD Task04 folder."""
-    env = os.environ.get("MEDSEG_DATA_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return root / "msd-task04-hippocampus"
+    """The MSD Task04 folder of the project data (:func:`medseg.paths.data_dir`)."""
+    return data_dir("msd-task04-hippocampus")
 
 
 def dice(pred: np.ndarray, label: np.ndarray, k: int) -> float:

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medseg.paths import data_dir  # standard library only: no torch import before the timed runs
+
 REPO = Path(__file__).resolve().parents[1]
 PIXDIM = [1.5, 1.5, 2.0]
 ROI = [96, 96, 96]
@@ -366,9 +368,7 @@ def one_round(python: str, bundle: Path, ct: Path, work: Path, grid: list[int] |
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", default=os.environ.get("MEDSEG_DATA_DIR", str(REPO.parent / "shared" / "data"))
-    )
+    parser.add_argument("--data", default=str(data_dir()))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "segment.json"))
     parser.add_argument("--markdown", default=str(REPO / "benchmarks" / "RESULTS_segment.md"))
     parser.add_argument(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,12 +25,14 @@ __all__ = [
 ]
 
 DEFAULT_NUM_FOLDS = 5
-_NIFTI_SUFFIX = re.compile(r"(\.nii(\.gz)?|\.nrrd|\.mha|\.mhd)$", re.IGNORECASE)
-
-
 def case_id(path: str | os.PathLike) -> str:
-    """Case id of an image path: its file name without the image suffix (``hippocampus_001``)."""
-    return _NIFTI_SUFFIX.sub("", Path(path).name)
+    """Case id of an image path: its file name without the image suffix (``hippocampus_001``).
+
+    The suffixes are those of :data:`medseg.io.formats.FILE_FORMATS`, the one format table.
+    """
+    from medseg.io.formats import strip_image_suffix
+
+    return strip_image_suffix(Path(path).name)
 
 
 def _read_dataset_json(dataset_dir: Path) -> dict:

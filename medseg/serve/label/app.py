@@ -52,6 +52,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 import medseg
+from medseg.bundle.core import open_bundle
 from medseg.bundle.loader import load_weights
 from medseg.io.atomic import atomic_copy
 
@@ -130,14 +131,10 @@ class MedsegInferTask(BundleInferTask):
         self._network_lock = threading.Lock()
         super().__init__(path, conf, load_strict=True, **kwargs)
         if self.valid:
-            self.label_names = {int(k): str(v) for k, v in self._channel_def().items()}
+            self.label_names = open_bundle(self.bundle_path).labels
             # requests start from this config: use the newest weights unless they name others (the
             # stock list here, sorted by name length, would always pick model.pt)
             self._config["model_filename"] = LATEST
-
-    def _channel_def(self) -> dict[str, str]:
-        meta = json.loads((Path(self.bundle_path) / "configs" / "metadata.json").read_text())
-        return meta["network_data_format"]["outputs"]["pred"].get("channel_def", {})
 
     def is_valid(self) -> bool:
         return bool(self.valid) and latest_weights(self.bundle_path).is_file()
