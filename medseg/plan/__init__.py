@@ -6,5 +6,6 @@ extended to CPU budgets), and writes ``BUNDLE/plans/fingerprint.json`` and ``pla
 """
 
 from medseg.plan.fingerprint import extract_fingerprint
+from medseg.plan.planner import explain, make_plan
 
-__all__ = ["extract_fingerprint"]
+__all__ = ["explain", "extract_fingerprint", "make_plan"]

@@ -68,6 +68,35 @@ def _nonzero_box(image: np.ndarray) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+def _foreground_skewness(label: np.ndarray) -> list[float]:
+    """Per axis, the skewness of the foreground voxels' coordinates (0 for a symmetric shape).
+
+    Its sign tells which way a shape leans along the axis; a dataset whose cases lean both ways
+    holds both mirror images of the anatomy, so mirroring along that axis is safe (the planner's
+    augmentation rule).
+    """
+    coords = np.argwhere(label > 0).astype(np.float64)
+    if len(coords) < 2:
+        return [0.0] * label.ndim
+    centred = coords - coords.mean(axis=0)
+    var = (centred**2).mean(axis=0)
+    skew = np.where(var > 0, (centred**3).mean(axis=0) / np.maximum(var, 1e-12) ** 1.5, 0.0)
+    return [_round(round(float(s), 4)) for s in skew]
+
+
+def _geometry_is_bare(affine: np.ndarray) -> bool:
+    """True when the affine is only a voxel size: identity directions and an origin within 2 voxels of 0.
+
+    Such headers (UA-MT's left-atrium scans, the MSD hippocampus crops, every PNG) kept no scanner
+    geometry, so their axes cannot be told apart anatomically.
+    """
+    rank = affine.shape[0] - 1
+    spacing = np.sqrt((affine[:rank, :rank] ** 2).sum(axis=0))
+    direction = affine[:rank, :rank] / spacing
+    origin_voxels = np.abs(affine[:rank, rank]) / spacing
+    return bool(np.allclose(direction, np.eye(rank), atol=1e-3) and origin_voxels.max() <= 2.0)
+
+
 def case_fingerprint(spec: DatasetSpec, case: Case) -> dict[str, Any]:
     """Read and check one case, and summarise it.
 
@@ -76,8 +105,8 @@ def case_fingerprint(spec: DatasetSpec, case: Case) -> dict[str, Any]:
         case: one of its cases.
 
     Returns:
-        ``{"case_id", "spacing", "shape", "shape_after_crop", "orientation", "label_voxels",
-        "foreground_samples"}``; ``foreground_samples`` (``(C, n)`` float32, at most
+        ``{"case_id", "spacing", "shape", "shape_after_crop", "orientation", "bare_geometry",
+        "foreground_skewness", "label_voxels", "foreground_samples"}``; ``foreground_samples`` (``(C, n)`` float32, at most
         :data:`FOREGROUND_SAMPLES_PER_CASE` labelled voxels per channel, drawn with
         :data:`SAMPLING_SEED`) is consumed by :func:`extract_fingerprint` and not written out.
 
@@ -97,6 +126,8 @@ def case_fingerprint(spec: DatasetSpec, case: Case) -> dict[str, Any]:
         "shape": list(data.shape),
         "shape_after_crop": list(_nonzero_box(data.image)),
         "orientation": orientation(data.affine),
+        "bare_geometry": _geometry_is_bare(data.affine),
+        "foreground_skewness": _foreground_skewness(data.label),
         "label_voxels": {str(k): int(counts[k]) for k in spec.labels},
         "foreground_samples": foreground.astype(np.float32, copy=False),
     }
