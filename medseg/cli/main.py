@@ -19,6 +19,7 @@ from medseg.errors import MedsegError
 SUBCOMMAND_MODULES = [
     "medseg.cli.series",
     "medseg.cli.convert",
+    "medseg.cli.plan",
     "medseg.cli.train",
     "medseg.cli.evaluate",
     "medseg.cli.bundle",
