@@ -95,6 +95,12 @@ GPU_TRAINING_STEPS = 250_000
 LEARNING_RATE = 5e-3
 WEIGHT_DECAY = 1e-5
 EMA_DECAY = 0.999
+# The fixed split's test-fold rule: fold 0 is the test fold no decision sees; fold 1 validates
+# (monitoring; any choice made on it is legitimate), folds 2-4 train.
+NUM_FOLDS = 5
+TEST_FOLD = 0
+VAL_FOLD = 1
+TRAIN_FOLDS = (2, 3, 4)
 # A foreground class covering less than this fraction of the dataset's voxels is rare.
 RARE_CLASS_FRACTION = 0.005
 MAX_CLASS_WEIGHT = 10.0
@@ -493,7 +499,7 @@ def _search(
 ) -> dict[str, Any]:
     in_channels = len(fp["dataset"]["channels"])
     out_channels = len(fp["dataset"]["labels"])
-    n_train = len(fp["cases"]) - sum(1 for i in range(len(fp["cases"])) if i % 5 == 0)
+    n_train = _train_cases(len(fp["cases"]))
     tried: list[dict[str, Any]] = []
     ladder = _ladder(target)
     for rung_index, width in enumerate(ladder):
@@ -683,6 +689,11 @@ def _suitability(
     )
 
 
+def _train_cases(num_cases: int) -> int:
+    """Cases in the training folds of the fixed split (sorted ids, index % 5)."""
+    return sum(1 for index in range(num_cases) if index % NUM_FOLDS in TRAIN_FOLDS)
+
+
 def _cpu_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -699,6 +710,7 @@ def make_plan(
     gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB,
     cpu_cores: int | None = None,
     overrides: Mapping[str, Any] | None = None,
+    dataset_folder: str | None = None,
 ) -> dict[str, Any]:
     """Plan a bundle for a dataset (``plans/plan.json``).
 
@@ -712,6 +724,7 @@ def make_plan(
         gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8).
         cpu_cores: cores the CPU training will use (default: those usable here).
         overrides: ``{value name: value}`` replacing planned values (recorded with their rule).
+        dataset_folder: the dataset's folder name, recorded for the bundle's ``dataset_dir``.
 
     Returns:
         ``{"plan_version", "inputs", "values": {name: {"value", "rule", "data"}}}``.
@@ -832,7 +845,7 @@ def make_plan(
         ),
         cap_for_5_percent=found["batch_cap"],
     )
-    n_train = len(cases) - len(range(0, len(cases), 5))
+    n_train = _train_cases(len(cases))
     per_epoch = math.ceil(n_train * (8 if geometry.slice_axis is not None else 1) / found["batch"])
     if target == "cpu":
         step_s = float(found["cost"]["seconds_per_step"])
@@ -850,8 +863,9 @@ def make_plan(
         epochs_rule = f"nnU-Net's {GPU_TRAINING_STEPS} training steps (1000 epochs of 250)"
     values["training"] = _value(
         {
-            "train_folds": [1, 2, 3, 4],
-            "test_fold": 0,
+            "test_fold": TEST_FOLD,
+            "val_fold": VAL_FOLD,
+            "train_folds": list(TRAIN_FOLDS),
             "max_epochs": epochs,
             "optimizer": "AdamW",
             "learning_rate": LEARNING_RATE,
@@ -865,8 +879,9 @@ def make_plan(
         },
         f"{epochs_rule}; the hippocampus recipe's optimiser (AdamW {LEARNING_RATE:g} from the first step, cosine "
         f"decay, weight EMA up to {EMA_DECAY}); test-fold rule: fold 0 of the fixed split is the test fold, the "
-        "network trains on folds 1-4 on a fixed schedule and keeps its final EMA weights, so no decision looks "
-        "at fold 0 (the hand-made recipe chose its best epoch on fold 0, which biases its figure)",
+        "network trains on folds 2-4 on a fixed schedule, is monitored on fold 1 and keeps its final EMA weights, "
+        "so no decision looks at fold 0 (the hand-made recipe chose its best epoch on fold 0, which biases its "
+        "figure)",
         train_cases=n_train,
         steps_per_epoch=per_epoch,
     )
@@ -913,6 +928,7 @@ def make_plan(
             "network": network,
             "dims": dims,
             "target": target,
+            "dataset_folder": dataset_folder,
             "dataset": {
                 k: dataset[k]
                 for k in (

@@ -68,7 +68,8 @@ def test_hippocampus_cpu_plan_matches_recipe(hippocampus_fp):
     assert values["training"]["learning_rate"] == recipe["learning_rate"]
     assert values["training"]["ema_decay"] == recipe["ema_decay"]
     assert 100 <= values["training"]["max_epochs"] <= recipe["max_epochs"]
-    assert 0 not in values["training"]["train_folds"] and values["training"]["test_fold"] == 0
+    assert values["training"]["train_folds"] == [2, 3, 4] and values["training"]["val_fold"] == 1
+    assert values["training"]["test_fold"] == 0
     assert values["inference"]["roi_size"] == recipe["roi_size"]
     limits = values["suitability"]
     metadata = json.loads((REPO / "bundles" / "hippocampus_unet3d" / "configs" / "metadata.json").read_text())
