@@ -45,6 +45,7 @@ __all__ = [
     "GRID_TOLERANCE_VOXELS",
     "RGB_CHANNEL_NAMES",
     "detect_layout",
+    "load_datalist",
     "open_dataset",
     "read_case",
 ]
@@ -298,6 +299,31 @@ def open_dataset(path: str | os.PathLike, num_folds: int = DEFAULT_NUM_FOLDS) ->
             f"split (fold 0 is the test fold); add cases until there are at least {num_folds}"
         )
     return spec
+
+
+def load_datalist(path: str | os.PathLike, num_folds: int = DEFAULT_NUM_FOLDS) -> list[dict[str, Any]]:
+    """A MONAI datalist of a dataset in either layout, sorted by case id; no voxel is read.
+
+    Generated bundles name it in their configs (``medseg.data.dataset.load_datalist``), so one
+    ``train.json`` reads MSD and nnU-Net v2 raw datasets alike; feed it to
+    :func:`medseg.data.split_folds` for the fixed split.
+
+    Args:
+        path: dataset folder holding ``dataset.json``.
+        num_folds: folds of the fixed split (the dataset needs at least one case per fold).
+
+    Returns:
+        ``[{"image": path, or one path per channel file, "label": path, "case_id": ...}, ...]``.
+    """
+    spec = open_dataset(path, num_folds)
+    return [
+        {
+            "image": str(case.images[0]) if len(case.images) == 1 else [str(p) for p in case.images],
+            "label": str(case.label),
+            "case_id": case.case_id,
+        }
+        for case in spec.cases
+    ]
 
 
 def _read_png(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
