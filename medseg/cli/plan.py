@@ -1,8 +1,9 @@
-"""``medseg plan DATASET --output BUNDLE``: fingerprint a labelled dataset and plan a bundle for it.
+"""``medseg plan DATASET --output BUNDLE``: fingerprint a labelled dataset, plan a bundle and render it.
 
 The dataset (MSD or nnU-Net v2 raw layout) is read once, in parallel, which validates every case;
-only then are ``BUNDLE/plans/fingerprint.json`` and ``BUNDLE/plans/plan.json`` written (each
-atomically), so a bad dataset leaves nothing behind.
+only then are ``BUNDLE/plans/fingerprint.json``, ``BUNDLE/plans/plan.json`` and the bundle's files
+(``configs/``, ``docs/README.md``, ``LICENSE``; see :mod:`medseg.plan.render`) written, each
+atomically, so a bad dataset leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -66,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from medseg.io.atomic import atomic_write_json
     from medseg.plan.fingerprint import extract_fingerprint
     from medseg.plan.planner import explain, make_plan
+    from medseg.plan.render import BUNDLE_FILES, render_bundle, render_files
 
     plans = Path(args.output) / "plans"
-    existing = [plans / f for f in PLAN_FILES if (plans / f).exists()]
+    targets = [plans / f for f in PLAN_FILES] + [Path(args.output) / f for f in BUNDLE_FILES]
+    existing = [path for path in targets if path.exists()]
     if existing and not args.force:
-        raise ConfigError(f"{existing[0]} exists; add --force to replace the plan")
+        raise ConfigError(f"{existing[0]} exists; add --force to replace the plan and the bundle's files")
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     spec = open_dataset(args.dataset)
@@ -82,10 +85,18 @@ def run(args: argparse.Namespace) -> int:
         target=args.target or _default_target(),
         name=args.name,
         max_minutes=args.max_minutes,
+        dataset_folder=spec.root.name,
     )
+    try:
+        render_files(plan)  # rendered before anything is written
+        not_rendered = ""
+    except ConfigError as exc:  # a plan the template cannot render yet: the plan is still written
+        not_rendered = str(exc)
     plans.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plans / "fingerprint.json", fingerprint)
     atomic_write_json(plans / "plan.json", plan)
+    if not not_rendered:
+        render_bundle(plan, args.output)
     if args.explain:
         print(explain(plan))
     values = {key: entry["value"] for key, entry in plan["values"].items()}
@@ -95,4 +106,8 @@ def run(args: argparse.Namespace) -> int:
         f"patch {values['patch_size']}, batch {values['batch_size']}, {values['training']['max_epochs']} epochs"
     )
     print(f"written: {plans / 'fingerprint.json'}, {plans / 'plan.json'}")
+    if not_rendered:
+        print(f"bundle files not rendered: {not_rendered}")
+    else:
+        print(f"rendered: {', '.join(BUNDLE_FILES)}")
     return 0
