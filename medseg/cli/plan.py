@@ -26,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Fingerprint a labelled dataset (MSD dataset.json with imagesTr/labelsTr, or an nnU-Net v2 "
         "raw dataset, NIfTI or PNG) and plan a bundle for it from rules: spacing, normalisation, patch, "
         "network depth and width, batch, loss, augmentation, sliding window, suitability limits. Writes "
-        "BUNDLE/plans/fingerprint.json and BUNDLE/plans/plan.json.",
+        "BUNDLE/plans/fingerprint.json and BUNDLE/plans/plan.json, and renders the bundle (configs/, "
+        "docs/README.md, LICENSE) from medseg's bundle template.",
     )
     parser.add_argument("dataset", help="dataset folder holding dataset.json")
     parser.add_argument("--output", "-o", required=True, help="bundle folder (plans/ is written inside)")

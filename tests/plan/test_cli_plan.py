@@ -70,3 +70,16 @@ def test_bad_dataset_one_line_nothing_written(msd_copy, tmp_path, capsys, breake
     assert len(err.splitlines()) == 1 and expected in err and err.startswith("medseg plan: error:")
     assert not out.exists()
     shutil.rmtree(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["msd-task04-hippocampus", "la2018-left-atrium"])
+def test_plan_real_dataset_within_three_minutes(shared_data, tmp_path, name):
+    import time
+
+    start = time.perf_counter()
+    assert main(["plan", str(shared_data / name), "--output", str(tmp_path / "b"), "--target", "cpu"]) == 0
+    assert time.perf_counter() - start < 180
+    plan = json.loads((tmp_path / "b" / "plans" / "plan.json").read_text())
+    assert plan["inputs"]["dataset_folder"] == name
+    assert (tmp_path / "b" / "configs" / "train.json").is_file()
