@@ -12,9 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "run", "PLAN_FILES"]
+__all__ = ["add_parser", "run", "OVERRIDES_FILE", "PLAN_FILES"]
 
 PLAN_FILES = ("fingerprint.json", "plan.json")
+# Recorded overrides (kept across re-planning): {"augmentation.mirror_axes": [0], ...}
+OVERRIDES_FILE = "overrides.json"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +58,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _read_overrides(path: Path) -> dict:
+    """``plans/overrides.json``: deliberate choices that differ from the rules (``{}`` when absent)."""
+    import json
+
+    from medseg.errors import ConfigError
+
+    if not path.is_file():
+        return {}
+    try:
+        overrides = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); fix it or remove it") from exc
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path} must hold an object of {{planned value: replacement}}")
+    return overrides
+
+
 def _default_target() -> str:
     import torch
 
@@ -77,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{existing[0]} exists; add --force to replace the plan and the bundle's files")
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    overrides = _read_overrides(plans / OVERRIDES_FILE)
     spec = open_dataset(args.dataset)
     fingerprint = extract_fingerprint(spec, workers=args.workers, progress=sys.stderr.isatty())
     plan = make_plan(
@@ -87,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         max_minutes=args.max_minutes,
         dataset_folder=spec.root.name,
+        overrides=overrides,
     )
     try:
         render_files(plan)  # rendered before anything is written

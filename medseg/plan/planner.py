@@ -689,6 +689,46 @@ def _suitability(
     )
 
 
+def _apply_overrides(values: dict[str, dict[str, Any]], overrides: Mapping[str, Any]) -> None:
+    """Replace planned values by recorded overrides, keeping what the rules planned in ``data``.
+
+    A key names a planned value (``"batch_size"``) or a field inside one (``"augmentation.mirror_axes"``);
+    each overridden value's rule says so, and its ``data.planned`` keeps the rule-based value and rule.
+    """
+    import copy
+
+    for key, replacement in overrides.items():
+        name, _, field = key.partition(".")
+        if name not in values:
+            raise ConfigError(f"override {key!r} names no planned value; choose one of {', '.join(values)}")
+        entry = values[name]
+        planned = entry["data"].get("planned") or {
+            "value": copy.deepcopy(entry["value"]),
+            "rule": entry["rule"],
+        }
+        value = copy.deepcopy(entry["value"])
+        if field:
+            target = value
+            *path, last = field.split(".")
+            for part in path:
+                target = target[part] if isinstance(target, dict) and part in target else None
+                if target is None:
+                    break
+            if not isinstance(target, dict) or last not in target:
+                raise ConfigError(f"override {key!r}: {name} has no field {field!r}")
+            target[last] = replacement
+        else:
+            value = replacement
+        overridden = sorted(set(entry["data"].get("overridden", [])) | {key})
+        values[name] = _value(
+            value,
+            f"override recorded in the bundle's plans/overrides.json ({', '.join(overridden)}): a deliberate "
+            f"choice that differs from the rule: {planned['rule']}",
+            planned=planned,
+            overridden=overridden,
+        )
+
+
 def _train_cases(num_cases: int) -> int:
     """Cases in the training folds of the fixed split (sorted ids, index % 5)."""
     return sum(1 for index in range(num_cases) if index % NUM_FOLDS in TRAIN_FOLDS)
@@ -723,7 +763,8 @@ def make_plan(
         max_minutes: the CPU training budget (wall clock, whole training).
         gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8).
         cpu_cores: cores the CPU training will use (default: those usable here).
-        overrides: ``{value name: value}`` replacing planned values (recorded with their rule).
+        overrides: ``{value name, or "value.field": replacement}`` replacing planned values; the
+            rule-based value and rule stay in the entry's ``data.planned``.
         dataset_folder: the dataset's folder name, recorded for the bundle's ``dataset_dir``.
 
     Returns:
@@ -911,12 +952,7 @@ def make_plan(
         "sliding window of the training patch, half overlapping, gaussian-weighted (nnU-Net's step 0.5)",
     )
     values["suitability"] = _suitability(fingerprint, spacing, mirror["value"], rgb)
-    for key, value in (overrides or {}).items():
-        if key not in values:
-            raise ConfigError(f"override {key!r} names no planned value; choose one of {', '.join(values)}")
-        values[key] = _value(
-            value, "override recorded in the bundle's plans/ (a deliberate choice)", planned=values[key]
-        )
+    _apply_overrides(values, overrides or {})
     from medseg import __version__
 
     default_name = "".join(c if c.isalnum() else "_" for c in dataset["name"].lower()).strip("_")

@@ -83,3 +83,14 @@ def test_plan_real_dataset_within_three_minutes(shared_data, tmp_path, name):
     plan = json.loads((tmp_path / "b" / "plans" / "plan.json").read_text())
     assert plan["inputs"]["dataset_folder"] == name
     assert (tmp_path / "b" / "configs" / "train.json").is_file()
+
+
+def test_recorded_overrides_are_applied(msd_copy, tmp_path):
+    out = tmp_path / "bundle"
+    (out / "plans").mkdir(parents=True)
+    (out / "plans" / "overrides.json").write_text(json.dumps({"augmentation.mirror_axes": [0]}))
+    assert main(["plan", str(msd_copy()), "--output", str(out), "--target", "cpu"]) == 0
+    train = json.loads((out / "configs" / "train.json").read_text())
+    flips = [t for t in train["train"]["random_transforms"] if t["_target_"] == "RandFlipd"]
+    assert [t["spatial_axis"] for t in flips] == [0]
+    assert json.loads((out / "plans" / "overrides.json").read_text()) == {"augmentation.mirror_axes": [0]}

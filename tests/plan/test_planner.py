@@ -177,3 +177,18 @@ def test_left_atrium_plan(shared_data):
             values["patch_size"], plan["values"]["patch_size"]["data"]["median_shape"], strict=True
         )
     )
+
+
+def test_field_override_keeps_planned_value(hippocampus_fp):
+    plan = make_plan(
+        hippocampus_fp,
+        target="cpu",
+        cpu_cores=2,
+        overrides={"augmentation.mirror_axes": [0], "suitability.tta_flip_axes": [0]},
+    )
+    aug = plan["values"]["augmentation"]
+    assert aug["value"]["mirror_axes"] == [0] and aug["value"]["affine_prob"] == 0.3
+    assert aug["data"]["planned"]["value"]["mirror_axes"] == [] and "mirrored only when" in aug["rule"]
+    assert plan["values"]["suitability"]["value"]["tta_flip_axes"] == [0]
+    with pytest.raises(ConfigError, match="no field"):
+        make_plan(hippocampus_fp, target="gpu", overrides={"augmentation.colour": 1})
