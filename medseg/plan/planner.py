@@ -948,8 +948,14 @@ def make_plan(
         **mirror["data"],
     )
     values["inference"] = _value(
-        {"roi_size": found["patch"], "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 4},
-        "sliding window of the training patch, half overlapping, gaussian-weighted (nnU-Net's step 0.5)",
+        {
+            "roi_size": found["patch"],
+            "overlap": 0.5,
+            "mode": "gaussian",
+            "sw_batch_size": 4 if geometry.slice_axis is None else 64,
+        },
+        "sliding window of the training patch, half overlapping, gaussian-weighted (nnU-Net's step 0.5); "
+        "4 windows per call, 64 slices per call for a 2-D network on volumes (MONAI's SliceInferer)",
     )
     values["suitability"] = _suitability(fingerprint, spacing, mirror["value"], rgb)
     _apply_overrides(values, overrides or {})

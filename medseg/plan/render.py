@@ -84,11 +84,11 @@ class _Recipe:
         self.plan = plan
         self.inputs = plan["inputs"]
         self.dataset = self.inputs["dataset"]
-        if _v(plan, "slicing") is not None:
-            raise ConfigError(
-                "rendering a 2-D network on 3-D images is not supported yet; plan with --dims 3, or start "
-                "from bundles/hippocampus_unet2d"
-            )
+        slicing = _v(plan, "slicing")
+        # a 2-D network on 3-D images (hippocampus_unet2d's recipe): random slices across slice_axis
+        # for training, MONAI's SliceInferer for validation and inference
+        self.slice_axis: int | None = None if slicing is None else int(slicing["slice_axis"])
+        self.slices_per_volume = 1 if slicing is None else int(slicing["slices_per_volume"])
         self.dims = int(self.inputs["dims"])
         self.png = self.dataset["file_ending"].lower() == ".png"
         self.labels = {int(k): v for k, v in self.dataset["labels"].items()}
@@ -103,6 +103,13 @@ class _Recipe:
         self.network["out_channels"] = "@num_classes"
         self.dataset_folder = dataset_folder
         self.cpu_padding = self.dims == 3  # single 3-D windows run on oneDNN only in batches of two
+
+    def volume_roi(self) -> list[int]:
+        """The training crop in image axes: the patch, and one voxel across the slice axis."""
+        assert self.slice_axis is not None
+        roi = list(self.roi)
+        roi.insert(self.slice_axis, 1)
+        return roi
 
     # -- transforms ------------------------------------------------------------------------
 
@@ -170,9 +177,24 @@ class _Recipe:
         if aug.get("rotate_in_plane_only"):
             coarse = max(range(len(self.spacing)), key=lambda i: self.spacing[i])
             rotate = [rotate[0] if i == coarse else 0.0 for i in range(3)]
-        steps: list[dict[str, Any]] = [
-            {"_target_": "SpatialPadd", "keys": keys, "spatial_size": "@roi_size"},
-            {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": "@roi_size", "random_size": False},
+        if self.slice_axis is None:
+            steps: list[dict[str, Any]] = [
+                {"_target_": "SpatialPadd", "keys": keys, "spatial_size": "@roi_size"},
+                {"_target_": "RandSpatialCropd", "keys": keys, "roi_size": "@roi_size", "random_size": False},
+            ]
+        else:
+            steps = [
+                {"_target_": "SpatialPadd", "keys": keys, "spatial_size": self.volume_roi()},
+                {
+                    "_target_": "RandSpatialCropSamplesd",
+                    "keys": keys,
+                    "roi_size": self.volume_roi(),
+                    "num_samples": "@slices_per_volume",
+                    "random_size": False,
+                },  # fmt: skip
+                {"_target_": "SqueezeDimd", "keys": keys, "dim": self.slice_axis + 1},
+            ]
+        steps += [
             {
                 "_target_": "RandAffined",
                 "keys": keys,
@@ -204,8 +226,10 @@ class _Recipe:
         return steps
 
     def sliding_window(self, **extra: Any) -> dict[str, Any]:
+        if self.slice_axis is not None:
+            extra = {"spatial_dim": self.slice_axis, **extra}
         return {
-            "_target_": "SlidingWindowInferer",
+            "_target_": "SlidingWindowInferer" if self.slice_axis is None else "SliceInferer",
             "roi_size": "@roi_size",
             "sw_batch_size": self.inference["sw_batch_size"],
             "overlap": self.inference["overlap"],
@@ -283,7 +307,9 @@ def _train(r: _Recipe) -> dict[str, Any]:
         "val_interval": max(1, min(10, epochs // 20)),
         "learning_rate": t["learning_rate"],
         "ema_decay": t["ema_decay"],
-        "batch_size": int(_v(r.plan, "batch_size")),
+        **({} if r.slice_axis is None else {"slices_per_volume": r.slices_per_volume}),
+        # volumes per step (a 2-D network on volumes takes slices_per_volume slices of each)
+        "batch_size": max(1, int(_v(r.plan, "batch_size")) // r.slices_per_volume),
         "num_workers": "$4 if torch.cuda.is_available() else 0",
         "resume": False,
         "progress": True,

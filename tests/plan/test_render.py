@@ -11,11 +11,7 @@ from pathlib import Path
 import pytest
 
 from medseg.cli.main import main
-from medseg.data.dataset import open_dataset
-from medseg.errors import ConfigError
-from medseg.plan.fingerprint import extract_fingerprint
-from medseg.plan.planner import make_plan
-from medseg.plan.render import BUNDLE_FILES, check_bundle, render_files
+from medseg.plan.render import BUNDLE_FILES, check_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,15 +128,37 @@ def test_png_bundle(kvasir_png, tmp_path):
     assert image and all(item["image"].endswith("_0000.png") for item in image)
 
 
-def test_slice_network_plan_is_written_without_bundle(msd_copy, tmp_path, capsys):
-    dataset = msd_copy()
-    fp = extract_fingerprint(open_dataset(dataset), workers=1, progress=False)
-    with pytest.raises(ConfigError, match="2-D network on 3-D"):
-        render_files(make_plan(fp, dims=2, cpu_cores=2))
+def test_slice_network_bundle(msd_copy, tmp_path):
+    """A 2-D network on 3-D images: random axial slices for training, MONAI's SliceInferer elsewhere."""
+    dataset = msd_copy(count=10)
     bundle = tmp_path / "slices"
     assert main(["plan", str(dataset), "--output", str(bundle), "--dims", "2", "--target", "cpu"]) == 0
-    assert (bundle / "plans" / "plan.json").is_file() and not (bundle / "configs").exists()
-    assert "not rendered" in capsys.readouterr().out
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    targets = [t["_target_"] for t in train["train"]["random_transforms"]]
+    assert "RandSpatialCropSamplesd" in targets and "SqueezeDimd" in targets
+    assert train["validate"]["inferer"]["_target_"] == "SliceInferer" and train["slices_per_volume"] == 8
+    assert train["network_def"]["spatial_dims"] == 2
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--device",
+            "cpu",
+        ],  # fmt: skip
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_existing_bundle_files_are_not_replaced(msd_copy, tmp_path):
