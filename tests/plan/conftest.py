@@ -99,3 +99,32 @@ def kvasir_png(tmp_path: Path, shared_data: Path) -> Path:
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
     return root
+
+
+@pytest.fixture
+def hippocampus_png(tmp_path: Path, hippocampus_dir: Path) -> Path:
+    """Grey PNGs: the middle axial slice of the first hippocampus cases (8-bit), with label PNGs."""
+    import nibabel as nib
+    from PIL import Image
+
+    root = tmp_path / "slices"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    pairs = _hippocampus_pairs(hippocampus_dir, 8)
+    for image, label in pairs:
+        cid = image.name.removesuffix(".nii.gz")
+        volume = np.asanyarray(nib.load(str(image)).dataobj).astype(np.float64)
+        labels = np.asanyarray(nib.load(str(label)).dataobj)
+        k = volume.shape[2] // 2
+        grey = volume[:, :, k] / max(1e-6, float(volume[:, :, k].max())) * 255
+        Image.fromarray(grey.astype(np.uint8)).save(root / "imagesTr" / f"{cid}_0000.png")
+        Image.fromarray(labels[:, :, k].astype(np.uint8)).save(root / "labelsTr" / f"{cid}.png")
+    meta = {
+        "name": "hippocampus axial slices",
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+        "numTraining": len(pairs),
+        "file_ending": ".png",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return root

@@ -168,3 +168,18 @@ def test_nan_voxels(msd_copy):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="no dataset.json"):
         open_dataset(tmp_path)
+
+
+def test_grey_png(hippocampus_png):
+    spec = open_dataset(hippocampus_png)
+    assert spec.spatial_dims == 2 and not spec.is_rgb and spec.num_channels == 1
+    data = read_case(spec, spec.cases[0])
+    assert data.image.shape[0] == 1 and data.label.shape == data.image.shape[1:]
+    assert set(np.unique(data.label)) <= {0, 1, 2}
+
+
+def test_rgb_png_as_grey_channel_count(kvasir_png):
+    meta = json.loads((kvasir_png / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "photo"}
+    (kvasir_png / "dataset.json").write_text(json.dumps(meta))
+    _expect(kvasir_png, "3 image channel", "declares 1")

@@ -192,3 +192,11 @@ def test_field_override_keeps_planned_value(hippocampus_fp):
     assert plan["values"]["suitability"]["value"]["tta_flip_axes"] == [0]
     with pytest.raises(ConfigError, match="no field"):
         make_plan(hippocampus_fp, target="gpu", overrides={"augmentation.colour": 1})
+
+
+def test_grey_png_plan(hippocampus_png):
+    fp = extract_fingerprint(open_dataset(hippocampus_png), workers=1, progress=False)
+    values = _values(make_plan(fp, target="cpu", cpu_cores=2))
+    assert values["normalization"][0]["scheme"] == "zscore" and values["network"]["in_channels"] == 1
+    assert values["network"]["spatial_dims"] == 2 and len(values["patch_size"]) == 2
+    assert values["slicing"] is None
