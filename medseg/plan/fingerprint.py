@@ -81,7 +81,7 @@ def _foreground_skewness(label: np.ndarray) -> list[float]:
     centred = coords - coords.mean(axis=0)
     var = (centred**2).mean(axis=0)
     skew = np.where(var > 0, (centred**3).mean(axis=0) / np.maximum(var, 1e-12) ** 1.5, 0.0)
-    return [_round(round(float(s), 4)) for s in skew]
+    return [round(float(s), 4) + 0.0 for s in skew]  # + 0.0: no "-0.0" in the JSON
 
 
 def _geometry_is_bare(affine: np.ndarray) -> bool:

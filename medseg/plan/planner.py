@@ -86,6 +86,9 @@ DEFAULT_CPU_MINUTES = 15.0
 # The recipe's validation Dice was 0.857 after 5 epochs, 0.88 after 25 and peaked at 60: a CPU plan
 # must afford 60 epochs within the budget; 10 % of the budget goes to caching and validation.
 MIN_EPOCHS = 60
+# A 2-D network on volumes (hippocampus_unet2d's recipe): 8 random slices of each of 4 volumes per step.
+SLICES_PER_VOLUME = 8
+SLICE_BATCH = 32
 # A CPU patch keeps at least half the median image shape along each axis.
 CPU_MIN_COVERAGE = 0.5
 CPU_BUDGET_TRAINING_SHARE = 0.9
@@ -520,10 +523,12 @@ def _search(
                 batch = int(min(cap, max(MIN_BATCH_SIZE, (budget["bytes"] - fixed) // per_sample)))
                 cost = {"memory_gib": _r(need / 2**30), "memory_budget_gib": _r(budget["bytes"] / 2**30)}
             else:
-                batch = min(cap, 32) if geometry.slice_axis is not None else MIN_BATCH_SIZE
+                batch = min(cap, SLICE_BATCH) if geometry.slice_axis is not None else MIN_BATCH_SIZE
                 step = estimate_step(config, padded, batch)
                 seconds = _cpu_seconds(step, budget["gflops"])
-                steps_per_epoch = math.ceil(n_train * (8 if geometry.slice_axis is not None else 1) / batch)
+                steps_per_epoch = math.ceil(
+                    n_train * (SLICES_PER_VOLUME if geometry.slice_axis is not None else 1) / batch
+                )
                 limit = budget["seconds"] * CPU_BUDGET_TRAINING_SHARE / (MIN_EPOCHS * steps_per_epoch)
                 fits = seconds <= limit
                 cost = {
@@ -800,7 +805,11 @@ def make_plan(
     values["target_spacing"] = _value(spacing, rule, **data)
     geometry = _geometry(fingerprint, dims, spacing)
     values["slicing"] = _value(
-        {"slice_axis": geometry.slice_axis, "axes": list(geometry.axes), "slices_per_volume": 8}
+        {
+            "slice_axis": geometry.slice_axis,
+            "axes": list(geometry.axes),
+            "slices_per_volume": SLICES_PER_VOLUME,
+        }
         if geometry.slice_axis is not None
         else None,
         "a 2-D network on 3-D images sees slices across the coarsest axis (ties: the last, axial in RAS), "
@@ -887,7 +896,9 @@ def make_plan(
         cap_for_5_percent=found["batch_cap"],
     )
     n_train = _train_cases(len(cases))
-    per_epoch = math.ceil(n_train * (8 if geometry.slice_axis is not None else 1) / found["batch"])
+    per_epoch = math.ceil(
+        n_train * (SLICES_PER_VOLUME if geometry.slice_axis is not None else 1) / found["batch"]
+    )
     if target == "cpu":
         step_s = float(found["cost"]["seconds_per_step"])
         epochs = max(1, int(budget["seconds"] * CPU_BUDGET_TRAINING_SHARE / (step_s * per_epoch)))
