@@ -18,7 +18,7 @@ rounded to 6 significant digits). It holds no timing.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -153,12 +153,15 @@ def _intensity_stats(samples: np.ndarray) -> dict[str, float]:
 
 
 def _default_workers() -> int:
-    return max(
-        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    )
+    """The CPU cores this process may use, at most 8 (reading is I/O and decompression bound)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, usable))
 
 
-def _iterate(spec: DatasetSpec, cases: Sequence[Case], workers: int, progress: bool):
+def _iterate(
+    spec: DatasetSpec, cases: Sequence[Case], workers: int, progress: bool
+) -> Iterator[dict[str, Any]]:
+    """Fingerprints of ``cases`` in order, read by ``workers`` processes (1: in this process)."""
     from tqdm.auto import tqdm
 
     jobs = [(spec, case) for case in cases]
