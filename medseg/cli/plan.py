@@ -49,6 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"CPU plans: wall-clock budget of the training (default {DEFAULT_CPU_MINUTES:g})",
     )
     parser.add_argument(
+        "--concepts",
+        help="JSON file of DICOM SEG codes per label value, in the format of metadata.json's segment_codes "
+        "(default: dataset.json's 'concepts' block, else a look-up by label name when segmenting)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=None, help="processes reading the data (default: cores)"
     )
     parser.add_argument(
@@ -58,21 +63,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _read_overrides(path: Path) -> dict:
-    """``plans/overrides.json``: deliberate choices that differ from the rules (``{}`` when absent)."""
+def _read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from a user's file; :class:`ConfigError` naming the file otherwise."""
     import json
 
     from medseg.errors import ConfigError
 
     if not path.is_file():
-        return {}
+        raise ConfigError(f"{what} file {path} does not exist")
     try:
-        overrides = json.loads(path.read_text())
+        payload = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); fix it or remove it") from exc
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"{path} must hold an object of {{planned value: replacement}}")
-    return overrides
+        raise ConfigError(f"{path} is not valid JSON ({exc}); fix it") from exc
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return payload
+
+
+def _read_overrides(path: Path) -> dict:
+    """``plans/overrides.json``: deliberate choices that differ from the rules (``{}`` when absent)."""
+    return _read_json_object(path, "overrides") if path.is_file() else {}
 
 
 def _default_target() -> str:
@@ -97,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     overrides = _read_overrides(plans / OVERRIDES_FILE)
+    concepts = _read_json_object(Path(args.concepts), "--concepts") if args.concepts else None
     spec = open_dataset(args.dataset)
     fingerprint = extract_fingerprint(spec, workers=args.workers, progress=sys.stderr.isatty())
     plan = make_plan(
@@ -108,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         dataset_folder=spec.root.name,
         overrides=overrides,
+        concepts=concepts,
     )
     try:
         render_files(plan)  # rendered before anything is written

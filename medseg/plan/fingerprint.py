@@ -219,6 +219,8 @@ def extract_fingerprint(
             "licence": str(spec.meta.get("licence") or spec.meta.get("license") or ""),
             "reference": str(spec.meta.get("reference") or ""),
             "description": str(spec.meta.get("description") or ""),
+            # DICOM SEG codes of the labels, when dataset.json has a "concepts" block (segment_codes format)
+            "concepts": spec.meta.get("concepts") if isinstance(spec.meta.get("concepts"), dict) else None,
         },
         "sampling": {"foreground_samples_per_case": FOREGROUND_SAMPLES_PER_CASE, "seed": SAMPLING_SEED},
         "cases": cases,

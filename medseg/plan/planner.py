@@ -734,6 +734,25 @@ def _apply_overrides(values: dict[str, dict[str, Any]], overrides: Mapping[str, 
         )
 
 
+def _concepts(concepts: Mapping[str, Any] | None, labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """Check SEG codes given per label value (``{"1": {"category": [...], "type": [...]}}``)."""
+    if not concepts:
+        return None
+    if not isinstance(concepts, Mapping):
+        raise ConfigError("concepts must be an object of {label value: {category, type, modifiers, color}}")
+    foreground = {k for k in labels if k != "0"}
+    checked = {}
+    for key, code in concepts.items():
+        if str(key) not in foreground:
+            raise ConfigError(
+                f"concepts name label {key!r}, which is not a foreground label ({', '.join(sorted(foreground))})"
+            )
+        if not isinstance(code, Mapping) or "type" not in code:
+            raise ConfigError(f"concepts of label {key} need at least a 'type' code [value, scheme, meaning]")
+        checked[str(key)] = dict(code)
+    return dict(sorted(checked.items(), key=lambda kv: int(kv[0])))
+
+
 def _train_cases(num_cases: int) -> int:
     """Cases in the training folds of the fixed split (sorted ids, index % 5)."""
     return sum(1 for index in range(num_cases) if index % NUM_FOLDS in TRAIN_FOLDS)
@@ -756,6 +775,7 @@ def make_plan(
     cpu_cores: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     dataset_folder: str | None = None,
+    concepts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plan a bundle for a dataset (``plans/plan.json``).
 
@@ -771,6 +791,9 @@ def make_plan(
         overrides: ``{value name, or "value.field": replacement}`` replacing planned values; the
             rule-based value and rule stay in the entry's ``data.planned``.
         dataset_folder: the dataset's folder name, recorded for the bundle's ``dataset_dir``.
+        concepts: DICOM SEG codes per label value, in the format of a bundle's
+            ``network_data_format.outputs.pred.segment_codes`` (default: the ``concepts`` block of
+            dataset.json; labels without codes are looked up by name when segmenting).
 
     Returns:
         ``{"plan_version", "inputs", "values": {name: {"value", "rule", "data"}}}``.
@@ -997,6 +1020,9 @@ def make_plan(
                     "description",
                 )
             },
+            "concepts": _concepts(
+                concepts if concepts is not None else dataset.get("concepts"), dataset["labels"]
+            ),
         },
         "values": values,
     }

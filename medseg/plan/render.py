@@ -784,6 +784,7 @@ def _metadata(r: _Recipe) -> dict[str, Any]:
                     "value_range": [],
                     "is_patch_data": True,
                     "channel_def": labels,
+                    **({"segment_codes": r.inputs["concepts"]} if r.inputs.get("concepts") else {}),
                 }
             },
         },

@@ -203,3 +203,47 @@ def test_rendered_bundle_trains_and_evaluates(planned_msd, tmp_path):
     out = tmp_path / "metrics.json"
     assert main(["evaluate", str(bundle), "--data", str(dataset), "--fold", "0", "--output", str(out)]) == 0
     assert "val_mean_dice" in json.loads(out.read_text())["metrics"]
+
+
+ANTERIOR_CODES = {
+    "1": {
+        "category": ["91723000", "SCT", "Anatomical Structure"],
+        "type": ["5366008", "SCT", "Hippocampus"],
+        "modifiers": [["255549009", "SCT", "Anterior"]],
+    }
+}
+
+
+def test_concepts_from_file_reach_the_segment_codes(msd_copy, tmp_path):
+    from medseg.segment.concepts import segment_specs
+
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps(ANTERIOR_CODES))
+    bundle = tmp_path / "coded"
+    assert (
+        main(["plan", str(msd_copy()), "-o", str(bundle), "--target", "cpu", "--concepts", str(concepts)])
+        == 0
+    )
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["segment_codes"] == ANTERIOR_CODES
+    specs = segment_specs({0: "background", 1: "Anterior", 2: "Posterior"}, metadata)
+    assert specs[0].type.value == "5366008" and [m.value for m in specs[0].modifiers] == ["255549009"]
+
+
+def test_concepts_block_of_dataset_json(msd_copy, tmp_path):
+    dataset = msd_copy()
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["concepts"] = ANTERIOR_CODES
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    bundle = tmp_path / "coded"
+    assert main(["plan", str(dataset), "-o", str(bundle), "--target", "cpu"]) == 0
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["segment_codes"] == ANTERIOR_CODES
+
+
+def test_concepts_of_an_unknown_label_are_refused(msd_copy, tmp_path, capsys):
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({"7": ANTERIOR_CODES["1"]}))
+    bundle = tmp_path / "coded"
+    assert main(["plan", str(msd_copy()), "-o", str(bundle), "--concepts", str(concepts)]) != 0
+    assert "'7'" in capsys.readouterr().err and not bundle.exists()
