@@ -344,7 +344,7 @@ def _read_file(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A file's array (spatial first, channels last if any) and its affine; errors name the case."""
     if path.name.lower().endswith(_PNG_ENDINGS):
         return _read_png(path, case_id)
-    from medseg.io.image import read_image
+    from medseg.io import read_image  # the public name: medseg.io's modules may move
 
     try:
         array, meta = read_image(path)
