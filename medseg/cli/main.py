@@ -26,6 +26,7 @@ PARAM_FLAGS = {"series_uid": "--series", "data_dir": "--data"}
 SUBCOMMAND_MODULES = [
     "medseg.cli.series",
     "medseg.cli.convert",
+    "medseg.cli.plan",
     "medseg.cli.train",
     "medseg.cli.evaluate",
     "medseg.cli.bundle",

@@ -1,0 +1,147 @@
+"""``medseg plan DATASET --output BUNDLE``: fingerprint a labelled dataset, plan a bundle and render it.
+
+The dataset (MSD or nnU-Net v2 raw layout) is read once, in parallel, which validates every case;
+only then are ``BUNDLE/plans/fingerprint.json``, ``BUNDLE/plans/plan.json`` and the bundle's files
+(``configs/``, ``docs/README.md``, ``LICENSE``; see :mod:`medseg.plan.render`) written, each
+atomically, so a bad dataset leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "run", "OVERRIDES_FILE", "PLAN_FILES"]
+
+PLAN_FILES = ("fingerprint.json", "plan.json")
+# Recorded overrides (kept across re-planning): {"augmentation.mirror_axes": [0], ...}
+OVERRIDES_FILE = "overrides.json"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from medseg.plan.planner import DEFAULT_CPU_MINUTES, NETWORK_NAMES
+
+    parser = subparsers.add_parser(
+        "plan",
+        help="plan a bundle for a labelled dataset (nnU-Net-style rules, CPU or GPU budget)",
+        description="Fingerprint a labelled dataset (MSD dataset.json with imagesTr/labelsTr, or an nnU-Net v2 "
+        "raw dataset, NIfTI or PNG) and plan a bundle for it from rules: spacing, normalisation, patch, "
+        "network depth and width, batch, loss, augmentation, sliding window, suitability limits. Writes "
+        "BUNDLE/plans/fingerprint.json and BUNDLE/plans/plan.json, and renders the bundle (configs/, "
+        "docs/README.md, LICENSE) from medseg's bundle template.",
+    )
+    parser.add_argument("dataset", help="dataset folder holding dataset.json")
+    parser.add_argument("--output", "-o", required=True, help="bundle folder (plans/ is written inside)")
+    parser.add_argument("--network", default="unet", choices=NETWORK_NAMES, help="network (default unet)")
+    parser.add_argument("--dims", type=int, choices=(3, 2), default=None, help="3 or 2 (default: the data's)")
+    parser.add_argument("--name", help="bundle name (default: from the dataset's name and the network)")
+    parser.add_argument(
+        "--target",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="plan for CPU time or GPU memory (default: cpu when no CUDA device is present)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=DEFAULT_CPU_MINUTES,
+        help=f"CPU plans: wall-clock budget of the training (default {DEFAULT_CPU_MINUTES:g})",
+    )
+    parser.add_argument(
+        "--concepts",
+        help="JSON file of DICOM SEG codes per label value, in the format of metadata.json's segment_codes "
+        "(default: dataset.json's 'concepts' block, else a look-up by label name when segmenting)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes reading the data (default: cores)"
+    )
+    parser.add_argument(
+        "--explain", action="store_true", help="print each planned value with its rule and data"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing plan")
+    parser.set_defaults(func=run)
+
+
+def _read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from a user's file; :class:`ConfigError` naming the file otherwise."""
+    import json
+
+    from medseg.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); fix it") from exc
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return payload
+
+
+def _read_overrides(path: Path) -> dict:
+    """``plans/overrides.json``: deliberate choices that differ from the rules (``{}`` when absent)."""
+    return _read_json_object(path, "overrides") if path.is_file() else {}
+
+
+def _default_target() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.data.dataset import open_dataset
+    from medseg.errors import ConfigError
+    from medseg.io.atomic import atomic_write_json
+    from medseg.plan.fingerprint import extract_fingerprint
+    from medseg.plan.planner import explain, make_plan
+    from medseg.plan.render import BUNDLE_FILES, render_bundle, render_files
+
+    plans = Path(args.output) / "plans"
+    targets = [plans / f for f in PLAN_FILES] + [Path(args.output) / f for f in BUNDLE_FILES]
+    existing = [path for path in targets if path.exists()]
+    if existing and not args.force:
+        raise ConfigError(f"{existing[0]} exists; add --force to replace the plan and the bundle's files")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    overrides = _read_overrides(plans / OVERRIDES_FILE)
+    concepts = _read_json_object(Path(args.concepts), "--concepts") if args.concepts else None
+    spec = open_dataset(args.dataset)
+    fingerprint = extract_fingerprint(spec, workers=args.workers, progress=sys.stderr.isatty())
+    plan = make_plan(
+        fingerprint,
+        network=args.network,
+        dims=args.dims,
+        target=args.target or _default_target(),
+        name=args.name,
+        max_minutes=args.max_minutes,
+        dataset_folder=spec.root.name,
+        overrides=overrides,
+        concepts=concepts,
+    )
+    try:
+        render_files(plan)  # rendered before anything is written
+        not_rendered = ""
+    except ConfigError as exc:  # a plan the template cannot render yet: the plan is still written
+        not_rendered = str(exc)
+    plans.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plans / "fingerprint.json", fingerprint)
+    atomic_write_json(plans / "plan.json", plan)
+    if not not_rendered:
+        render_bundle(plan, args.output)
+    if args.explain:
+        print(explain(plan))
+    values = {key: entry["value"] for key, entry in plan["values"].items()}
+    print(
+        f"{plan['inputs']['name']}: {len(spec.cases)} cases, {plan['inputs']['network']} "
+        f"{plan['inputs']['dims']}-D for {plan['inputs']['target']}, spacing {values['target_spacing']}, "
+        f"patch {values['patch_size']}, batch {values['batch_size']}, {values['training']['max_epochs']} epochs"
+    )
+    print(f"written: {plans / 'fingerprint.json'}, {plans / 'plan.json'}")
+    if not_rendered:
+        print(f"bundle files not rendered: {not_rendered}")
+    else:
+        print(f"rendered: {', '.join(BUNDLE_FILES)}")
+    return 0

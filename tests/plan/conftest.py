@@ -1,0 +1,130 @@
+"""Small datasets for the planner's tests, built in ``tmp_path`` from the real data.
+
+Each builder copies a few real cases (never into the repository) in the layout under test; the
+bad-dataset tests then break one case.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HIPPOCAMPUS_CASES = 6
+
+
+def _hippocampus_pairs(hippocampus_dir: Path, count: int) -> list[tuple[Path, Path]]:
+    meta = json.loads((hippocampus_dir / "dataset.json").read_text())
+    entries = sorted(meta["training"], key=lambda e: e["image"])[:count]
+    return [
+        ((hippocampus_dir / e["image"]).resolve(), (hippocampus_dir / e["label"]).resolve()) for e in entries
+    ]
+
+
+@pytest.fixture
+def msd_copy(tmp_path: Path, hippocampus_dir: Path) -> Callable[..., Path]:
+    """``make(count=6)``: an MSD copy of the first ``count`` hippocampus cases under ``tmp_path``."""
+
+    def make(count: int = HIPPOCAMPUS_CASES, name: str = "msd") -> Path:
+        root = tmp_path / name
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        meta = json.loads((hippocampus_dir / "dataset.json").read_text())
+        meta["training"] = []
+        for image, label in _hippocampus_pairs(hippocampus_dir, count):
+            shutil.copy(image, root / "imagesTr" / image.name)
+            shutil.copy(label, root / "labelsTr" / label.name)
+            meta["training"].append(
+                {"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"}
+            )
+        meta["numTraining"] = count
+        (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def nnunet_copy(tmp_path: Path, hippocampus_dir: Path) -> Callable[..., Path]:
+    """``make(count=6)``: the first hippocampus cases in the nnU-Net v2 raw layout (NIfTI)."""
+
+    def make(count: int = HIPPOCAMPUS_CASES) -> Path:
+        root = tmp_path / "nnunet"
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        for image, label in _hippocampus_pairs(hippocampus_dir, count):
+            cid = image.name.removesuffix(".nii.gz")
+            shutil.copy(image, root / "imagesTr" / f"{cid}_0000.nii.gz")
+            shutil.copy(label, root / "labelsTr" / f"{cid}.nii.gz")
+        meta = {
+            "name": "hippocampus nnU-Net copy",
+            "channel_names": {"0": "MRI"},
+            "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+            "numTraining": count,
+            "file_ending": ".nii.gz",
+        }
+        (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def kvasir_png(tmp_path: Path, shared_data: Path) -> Path:
+    """The Kvasir-SEG polyp photos as a 2-D nnU-Net dataset: RGB ``<case>_0000.png``, masks at 127."""
+    from PIL import Image
+
+    source = shared_data / "2d" / "kvasir-seg"
+    root = tmp_path / "kvasir"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    cases = sorted(p.stem for p in (source / "images").glob("*.jpg"))
+    for cid in cases:
+        Image.open(source / "images" / f"{cid}.jpg").convert("RGB").save(
+            root / "imagesTr" / f"{cid}_0000.png"
+        )
+        mask = np.asarray(Image.open(source / "masks" / f"{cid}.jpg").convert("L")) > 127
+        Image.fromarray(mask.astype(np.uint8)).save(root / "labelsTr" / f"{cid}.png")
+    meta = {
+        "name": "Kvasir-SEG polyps",
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "polyp": 1},
+        "numTraining": len(cases),
+        "file_ending": ".png",
+        "licence": "research and education use",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return root
+
+
+@pytest.fixture
+def hippocampus_png(tmp_path: Path, hippocampus_dir: Path) -> Path:
+    """Grey PNGs: the middle axial slice of the first hippocampus cases (8-bit), with label PNGs."""
+    import nibabel as nib
+    from PIL import Image
+
+    root = tmp_path / "slices"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    pairs = _hippocampus_pairs(hippocampus_dir, 8)
+    for image, label in pairs:
+        cid = image.name.removesuffix(".nii.gz")
+        volume = np.asanyarray(nib.load(str(image)).dataobj).astype(np.float64)
+        labels = np.asanyarray(nib.load(str(label)).dataobj)
+        k = volume.shape[2] // 2
+        grey = volume[:, :, k] / max(1e-6, float(volume[:, :, k].max())) * 255
+        Image.fromarray(grey.astype(np.uint8)).save(root / "imagesTr" / f"{cid}_0000.png")
+        Image.fromarray(labels[:, :, k].astype(np.uint8)).save(root / "labelsTr" / f"{cid}.png")
+    meta = {
+        "name": "hippocampus axial slices",
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+        "numTraining": len(pairs),
+        "file_ending": ".png",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return root

@@ -1,0 +1,96 @@
+"""``medseg plan`` end to end: files written, --explain, --force, and bad datasets refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.cli.main import main
+
+
+def test_plan_writes_fingerprint_and_plan(msd_copy, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["plan", str(msd_copy()), "--output", str(out), "--target", "cpu", "--explain"]) == 0
+    printed = capsys.readouterr().out
+    assert "patch_size:" in printed and "rule:" in printed and "written:" in printed
+    fingerprint = json.loads((out / "plans" / "fingerprint.json").read_text())
+    plan = json.loads((out / "plans" / "plan.json").read_text())
+    assert fingerprint["dataset"]["num_cases"] == 6 and plan["inputs"]["target"] == "cpu"
+    assert all({"value", "rule", "data"} <= set(entry) for entry in plan["values"].values())
+
+    assert main(["plan", str(msd_copy(name="again")), "--output", str(out)]) != 0
+    assert "--force" in capsys.readouterr().err
+    assert main(["plan", str(msd_copy(name="forced")), "--output", str(out), "--force", "--name", "x"]) == 0
+    assert json.loads((out / "plans" / "plan.json").read_text())["inputs"]["name"] == "x"
+
+
+def test_plan_png_dataset(kvasir_png, tmp_path):
+    out = tmp_path / "polyps"
+    assert main(["plan", str(kvasir_png), "-o", str(out), "--target", "cpu", "--network", "fcn"]) == 0
+    plan = json.loads((out / "plans" / "plan.json").read_text())
+    assert (
+        plan["inputs"]["dims"] == 2
+        and plan["values"]["network"]["value"]["_target_"] == "medseg.networks.FCN"
+    )
+
+
+def _nan_image(root):
+    image = sorted((root / "imagesTr").iterdir())[1]
+    img = nib.load(str(image))
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[2, 2, 2] = np.inf
+    nib.save(nib.Nifti1Image(data, img.affine), str(image))
+    return image.name.removesuffix(".nii.gz")
+
+
+def _missing_label(root):
+    label = sorted((root / "labelsTr").iterdir())[4]
+    label.unlink()
+    return label.name.removesuffix(".nii.gz")
+
+
+def _too_few(root):
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"] = meta["training"][:3]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return "3 labelled case"
+
+
+@pytest.mark.parametrize("breaker", [_nan_image, _missing_label, _too_few])
+def test_bad_dataset_one_line_nothing_written(msd_copy, tmp_path, capsys, breaker):
+    root = msd_copy()
+    expected = breaker(root)
+    out = tmp_path / "bundle"
+    assert main(["plan", str(root), "--output", str(out), "--workers", "2"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and err.startswith("medseg plan: error:")
+    assert not out.exists()
+    shutil.rmtree(root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["msd-task04-hippocampus", "la2018-left-atrium"])
+def test_plan_real_dataset_within_three_minutes(shared_data, tmp_path, name):
+    import time
+
+    start = time.perf_counter()
+    assert main(["plan", str(shared_data / name), "--output", str(tmp_path / "b"), "--target", "cpu"]) == 0
+    assert time.perf_counter() - start < 180
+    plan = json.loads((tmp_path / "b" / "plans" / "plan.json").read_text())
+    assert plan["inputs"]["dataset_folder"] == name
+    assert (tmp_path / "b" / "configs" / "train.json").is_file()
+
+
+def test_recorded_overrides_are_applied(msd_copy, tmp_path):
+    out = tmp_path / "bundle"
+    (out / "plans").mkdir(parents=True)
+    (out / "plans" / "overrides.json").write_text(json.dumps({"augmentation.mirror_axes": [0]}))
+    assert main(["plan", str(msd_copy()), "--output", str(out), "--target", "cpu"]) == 0
+    train = json.loads((out / "configs" / "train.json").read_text())
+    flips = [t for t in train["train"]["random_transforms"] if t["_target_"] == "RandFlipd"]
+    assert [t["spatial_axis"] for t in flips] == [0]
+    assert json.loads((out / "plans" / "overrides.json").read_text()) == {"augmentation.mirror_axes": [0]}

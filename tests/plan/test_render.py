@@ -1,0 +1,249 @@
+"""Bundle rendering (medseg.plan.render): one template, complete bundles that MONAI and medseg run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medseg.cli.main import main
+from medseg.plan.render import BUNDLE_FILES, check_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _parsed(bundle: Path, dataset: Path, *keys: str) -> list:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser["dataset_dir"] = str(dataset)
+    return [parser.get_parsed_content(key) for key in keys]
+
+
+@pytest.fixture
+def planned_msd(msd_copy, tmp_path) -> tuple[Path, Path]:
+    dataset = msd_copy(count=10)
+    bundle = tmp_path / "bundle"
+    assert main(["plan", str(dataset), "--output", str(bundle), "--target", "cpu"]) == 0
+    return dataset, bundle
+
+
+def test_rendered_bundle_is_complete(planned_msd):
+    dataset, bundle = planned_msd
+    for relative in BUNDLE_FILES:
+        assert (bundle / relative).is_file(), relative
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    for key in ("dataset_dir", "datalist", "train_datalist", "val_datalist", "device", "network_def", "run"):
+        assert key in train, key
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    for key in (
+        "bundle_root",
+        "output_dir",
+        "dataset_dir",
+        "datalist",
+        "device",
+        "checkpointloader",
+        "evaluator",
+    ):
+        assert key in inference, key
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    fmt = metadata["network_data_format"]
+    assert fmt["outputs"]["pred"]["num_channels"] == 3
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "Anterior", "2": "Posterior"}
+    assert fmt["inputs"]["image"]["modality"] == "MR" and fmt["inputs"]["image"]["num_channels"] == 1
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert (
+        "| `patch_size` |" in readme
+        and "CC-BY-SA 4.0" in readme
+        and "CC-BY-SA 4.0" in (bundle / "LICENSE").read_text()
+    )
+
+
+def test_no_test_fold_case_in_training_or_validation(planned_msd):
+    from medseg.data import split_folds
+
+    dataset, bundle = planned_msd
+    datalist, train, val = _parsed(bundle, dataset, "datalist", "train_datalist", "val_datalist")
+    test_ids = {item["case_id"] for item in split_folds(datalist, 0)}
+    used = {item["case_id"] for item in train + val}
+    assert test_ids and used and not test_ids & used
+    assert len(train) + len(val) + len(test_ids) == len(datalist)
+
+
+def test_bundle_check_finds_edits(planned_msd):
+    _, bundle = planned_msd
+    assert check_bundle(bundle) == []
+    path = bundle / "configs" / "train.json"
+    path.write_text(path.read_text().replace('"seed": 0', '"seed": 1'))
+    assert check_bundle(bundle) == ["configs/train.json"]
+
+
+def test_verify_net_in_out(planned_msd):
+    _, bundle = planned_msd
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--device",
+            "cpu",
+        ],  # fmt: skip
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_png_bundle(kvasir_png, tmp_path):
+    bundle = tmp_path / "polyps"
+    assert main(["plan", str(kvasir_png), "--output", str(bundle), "--target", "cpu"]) == 0
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    load = train["train"]["deterministic_transforms"][0]
+    assert load["reader"] == "PILReader"
+    assert not any(
+        t["_target_"] in ("Spacingd", "Orientationd") for t in train["train"]["deterministic_transforms"]
+    )
+    assert json.loads((bundle / "configs" / "inference.json").read_text())["output_ext"] == ".png"
+    (image,) = _parsed(bundle, kvasir_png, "train_datalist")
+    assert image and all(item["image"].endswith("_0000.png") for item in image)
+
+
+def test_slice_network_bundle(msd_copy, tmp_path):
+    """A 2-D network on 3-D images: random axial slices for training, MONAI's SliceInferer elsewhere."""
+    dataset = msd_copy(count=10)
+    bundle = tmp_path / "slices"
+    assert main(["plan", str(dataset), "--output", str(bundle), "--dims", "2", "--target", "cpu"]) == 0
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    targets = [t["_target_"] for t in train["train"]["random_transforms"]]
+    assert "RandSpatialCropSamplesd" in targets and "SqueezeDimd" in targets
+    assert train["validate"]["inferer"]["_target_"] == "SliceInferer" and train["slices_per_volume"] == 8
+    assert train["network_def"]["spatial_dims"] == 2
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--device",
+            "cpu",
+        ],  # fmt: skip
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_existing_bundle_files_are_not_replaced(msd_copy, tmp_path):
+    bundle = tmp_path / "shipped"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "train.json").write_text("{}")
+    assert main(["plan", str(msd_copy()), "--output", str(bundle)]) != 0
+    assert (bundle / "configs" / "train.json").read_text() == "{}" and not (bundle / "plans").exists()
+
+
+@pytest.mark.slow
+def test_rendered_bundle_trains_and_evaluates(planned_msd, tmp_path):
+    """Two epochs with plain ``python -m monai.bundle run``, then ``medseg evaluate`` on the test fold."""
+    dataset, bundle = planned_msd
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/train.json",
+            "--bundle_root",
+            ".",
+            "--dataset_dir",
+            str(dataset),
+            "--max_epochs",
+            "2",
+            "--val_interval",
+            "1",
+            "--progress",
+            "False",
+        ],  # fmt: skip
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (bundle / "models" / "model.pt").is_file()
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(bundle), "--data", str(dataset), "--fold", "0", "--output", str(out)]) == 0
+    assert "val_mean_dice" in json.loads(out.read_text())["metrics"]
+
+
+ANTERIOR_CODES = {
+    "1": {
+        "category": ["91723000", "SCT", "Anatomical Structure"],
+        "type": ["5366008", "SCT", "Hippocampus"],
+        "modifiers": [["255549009", "SCT", "Anterior"]],
+    }
+}
+
+
+def test_concepts_from_file_reach_the_segment_codes(msd_copy, tmp_path):
+    from medseg.segment.concepts import segment_specs
+
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps(ANTERIOR_CODES))
+    bundle = tmp_path / "coded"
+    assert (
+        main(["plan", str(msd_copy()), "-o", str(bundle), "--target", "cpu", "--concepts", str(concepts)])
+        == 0
+    )
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["segment_codes"] == ANTERIOR_CODES
+    specs = segment_specs({0: "background", 1: "Anterior", 2: "Posterior"}, metadata)
+    assert specs[0].type.value == "5366008" and [m.value for m in specs[0].modifiers] == ["255549009"]
+
+
+def test_concepts_block_of_dataset_json(msd_copy, tmp_path):
+    dataset = msd_copy()
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["concepts"] = ANTERIOR_CODES
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    bundle = tmp_path / "coded"
+    assert main(["plan", str(dataset), "-o", str(bundle), "--target", "cpu"]) == 0
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["segment_codes"] == ANTERIOR_CODES
+
+
+def test_concepts_of_an_unknown_label_are_refused(msd_copy, tmp_path, capsys):
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({"7": ANTERIOR_CODES["1"]}))
+    bundle = tmp_path / "coded"
+    assert main(["plan", str(msd_copy()), "-o", str(bundle), "--concepts", str(concepts)]) != 0
+    assert "'7'" in capsys.readouterr().err and not bundle.exists()
