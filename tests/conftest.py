@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# dataset-building fixtures (msd_copy, nnunet_copy, kvasir_png, hippocampus_png)
+from support.datasets import hippocampus_png, kvasir_png, msd_copy, nnunet_copy  # noqa: E402, F401
+
 from medseg import paths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

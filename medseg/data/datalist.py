@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 DEFAULT_NUM_FOLDS = 5
+
+
 def case_id(path: str | os.PathLike) -> str:
     """Case id of an image path: its file name without the image suffix (``hippocampus_001``).
 

@@ -522,13 +522,15 @@ def _evaluate(r: _Recipe) -> dict[str, Any]:
                 },  # fmt: skip
             ],
         },
+        # a named key, so that ``medseg evaluate --weights`` overrides ``checkpointloader#load_path``
+        "checkpointloader": {
+            "_target_": "CheckpointLoader",
+            "load_path": "$@ckpt_dir + '/model.pt'",
+            "load_dict": {"model": "@network"},
+            "map_location": "@device",
+        },  # fmt: skip
         "validate#handlers": [
-            {
-                "_target_": "CheckpointLoader",
-                "load_path": "$@ckpt_dir + '/model.pt'",
-                "load_dict": {"model": "@network"},
-                "map_location": "@device",
-            },  # fmt: skip
+            "@checkpointloader",
             {"_target_": "StatsHandler", "iteration_log": False},
             {
                 "_target_": "MetricsSaver",

@@ -11,6 +11,8 @@ import pytest
 from medseg.data.dataset import DatasetError, open_dataset
 from medseg.plan.fingerprint import extract_fingerprint
 
+pytestmark = pytest.mark.needs_data
+
 
 def test_fingerprint_content(msd_copy):
     spec = open_dataset(msd_copy())

@@ -14,6 +14,8 @@ from medseg.errors import ConfigError
 from medseg.plan.fingerprint import extract_fingerprint
 from medseg.plan.planner import explain, get_pool_and_conv_props, make_plan, target_spacing
 
+pytestmark = pytest.mark.needs_data
+
 REPO = Path(__file__).resolve().parents[2]
 
 

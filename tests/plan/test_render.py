@@ -13,6 +13,8 @@ import pytest
 from medseg.cli.main import main
 from medseg.plan.render import BUNDLE_FILES, check_bundle
 
+pytestmark = pytest.mark.needs_data
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -215,7 +217,7 @@ ANTERIOR_CODES = {
 
 
 def test_concepts_from_file_reach_the_segment_codes(msd_copy, tmp_path):
-    from medseg.segment.concepts import segment_specs
+    from medseg.io.seg_concepts import segment_specs
 
     concepts = tmp_path / "concepts.json"
     concepts.write_text(json.dumps(ANTERIOR_CODES))

@@ -1,4 +1,5 @@
-"""Small datasets for the planner's tests, built in ``tmp_path`` from the real data.
+"""Small labelled datasets (MSD, nnU-Net raw, PNG) for the dataset, planner and plan-CLI tests, built in
+``tmp_path`` from the real data; tests/conftest.py registers these fixtures for every test.
 
 Each builder copies a few real cases (never into the repository) in the layout under test; the
 bad-dataset tests then break one case.

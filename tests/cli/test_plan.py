@@ -11,6 +11,8 @@ import pytest
 
 from medseg.cli.main import main
 
+pytestmark = pytest.mark.needs_data
+
 
 def test_plan_writes_fingerprint_and_plan(msd_copy, tmp_path, capsys):
     out = tmp_path / "bundle"

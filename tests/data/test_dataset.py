@@ -12,6 +12,8 @@ import pytest
 from medseg.data.dataset import DatasetError, open_dataset, read_case
 from medseg.errors import InputError
 
+pytestmark = pytest.mark.needs_data
+
 
 def _rewrite(path: Path, array: np.ndarray | None = None, affine: np.ndarray | None = None) -> None:
     img = nib.load(str(path))
