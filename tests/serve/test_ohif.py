@@ -12,6 +12,7 @@ Screenshots of each stage are kept: the test prints their folder and copies them
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -87,6 +88,15 @@ def test_ohif_shows_the_study_and_the_stored_seg(shared_data: Path, tmp_path: Pa
     assert report["ok"] is True
     steps = {s["step"]: s for s in report["steps"]}
     assert list(steps)[-1] == "stopped"
+    # with the login of `medseg serve --users` in this medseg, the browser runs as a logged-in user
+    login = importlib.util.find_spec("medseg.serve.users") is not None
+    assert report["users"] is login
+    if login:
+        assert steps["logged in"]["cookie"] == {
+            "name": "medseg_session",
+            "httpOnly": True,
+            "sameSite": "Strict",
+        }
     assert steps["chromium"]["webgl2"] is True
     assert "PGBM-002" in steps["study listed"]["row"]
     assert steps["viewer shows the series"]["coloured_pixels"] < 50

@@ -5,7 +5,9 @@ MONAI Label ships OHIF v3 at ``/ohif/``; it reads studies through the server's D
 sees, in Debian's Chromium driven by selenium (chromedriver), and keeps a screenshot of each stage:
 
 1. Orthanc starts and a real DICOM series is uploaded (as ``roundtrip.py`` does);
-2. the MONAI Label server of ``medseg serve`` starts on ``http://127.0.0.1:8042/dicom-web``;
+2. the MONAI Label server of ``medseg serve`` starts on ``http://127.0.0.1:8042/dicom-web``, with a
+   users file (``medseg serve --users``) when this medseg has the login: then the browser first
+   finds ``/ohif/`` closed and logs in on the login page (an HttpOnly, SameSite=Strict cookie);
 3. the study list at ``/ohif/`` lists the study (``01-study-list.png``);
 4. the viewer opens it and draws the series with WebGL (``02-viewer.png``);
 5. medseg segments the series and stores the SEG (``/infer/<bundle>?output=dicom_seg``, ``store``);
@@ -27,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import secrets
 import shutil
 import sys
 import tempfile
@@ -62,8 +66,10 @@ __all__ = [
     "CHROMIUM_FLAGS",
     "Credentials",
     "Session",
+    "api_headers",
     "chromium_options",
     "login",
+    "login_available",
     "missing_browser",
     "open_study_list",
     "open_viewer",
@@ -170,18 +176,53 @@ def start_browser(profile: Path, log: Path, page_timeout: float = 120) -> Iterat
 
 
 # --- the login step -------------------------------------------------------------------------------
-# INTEGRATION HOOK (auth, issue item 5): the server's login page and its form. With users configured
-# every route, /ohif/ included, answers 401 without the session cookie that this page sets.
+# The login of ``medseg serve --users`` (medseg.serve.users / medseg.serve.access): with users, every
+# route, /ohif/ and the DICOMweb proxy included, answers 401 without a token; browsers get one as the
+# session cookie that the login page sets (OHIF sends no Authorization header).
 LOGIN_PAGE = "/auth/login"
 LOGIN_FIELDS = ("username", "password")
-SESSION_COOKIE: str | None = None  # the session cookie's name once known; None: any HttpOnly cookie
+SESSION_COOKIE = "medseg_session"
+BROWSER_USER = "ohif-annotator"  # annotator: reads studies in OHIF, and may infer and store a SEG
+
+
+def login_available() -> bool:
+    """True when this medseg has the local user store of ``medseg serve --users``."""
+    return importlib.util.find_spec("medseg.serve.users") is not None
+
+
+def server_credentials(workdir: Path) -> tuple[Credentials | None, dict[str, str]]:
+    """A users file with one annotator and the server environment that requires its login
+    (what ``medseg serve --users FILE`` sets), or ``(None, {})`` when this medseg has no login."""
+    if not login_available():
+        return None, {}
+    from medseg.serve.access import auth_environment
+    from medseg.serve.users import add_user
+
+    credentials = Credentials(BROWSER_USER, secrets.token_urlsafe(18))
+    users_file = workdir / "users.json"
+    add_user(users_file, credentials.username, "annotator", credentials.password)
+    return credentials, auth_environment(str(users_file), None, token_minutes=30)
+
+
+def api_headers(base_url: str, credentials: Credentials | None) -> dict[str, str]:
+    """``Authorization`` for REST calls: a token from ``POST /auth/token`` (none without a login)."""
+    if credentials is None:
+        return {}
+    resp = call(
+        "POST",
+        f"{base_url}/auth/token",
+        fields={"username": credentials.username, "password": credentials.password},
+    )
+    check(resp.status == 200, f"POST /auth/token refused {credentials.username}: {resp.status} {resp.detail}")
+    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 def login(driver: Any, base_url: str, credentials: Credentials, timeout: float = 30) -> dict:
-    """Log the browser in through the server's login page; returns the session cookie.
+    """Log the browser in through the server's login page; returns the session cookie's flags.
 
-    Fills the page's form (:data:`LOGIN_FIELDS`), submits it, and checks that the server set an
-    HttpOnly, SameSite=Strict session cookie, which OHIF then sends with every request.
+    First checks that ``/ohif/`` is closed without a login, then fills the page's form
+    (:data:`LOGIN_FIELDS`), submits it, and checks that the server set the HttpOnly, SameSite=Strict
+    session cookie that OHIF's requests then carry.
 
     Args:
         driver: the selenium driver.
@@ -190,30 +231,28 @@ def login(driver: Any, base_url: str, credentials: Credentials, timeout: float =
         timeout: seconds to wait for the form and for the cookie.
     """
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(f"{base_url}{LOGIN_PAGE}")
-    wait = WebDriverWait(driver, timeout)
+    driver.get(f"{base_url}/ohif/")
+    check(
+        not driver.find_elements(By.ID, "root") and LOGIN_PAGE in driver.page_source,
+        "/ohif/ opened without a login",
+    )
+    driver.get(f"{base_url}{LOGIN_PAGE}?next=/ohif/")
     user_field, password_field = LOGIN_FIELDS
-    wait.until(ec.presence_of_element_located((By.NAME, user_field))).send_keys(credentials.username)
+    wait_for(driver, "the login form", css(f'input[name="{user_field}"]'), timeout)[0].send_keys(
+        credentials.username
+    )
     password = driver.find_element(By.NAME, password_field)
     password.send_keys(credentials.password)
     password.submit()
 
     def session_cookie(d: Any) -> dict | None:
-        cookies = [c for c in d.get_cookies() if SESSION_COOKIE in (None, c["name"])]
-        return next((c for c in cookies if c.get("httpOnly")), None)
+        return next((c for c in d.get_cookies() if c["name"] == SESSION_COOKIE), None)
 
-    cookie = WebDriverWait(driver, timeout).until(session_cookie)
+    cookie = wait_for(driver, f"the session cookie {SESSION_COOKIE}", session_cookie, timeout)
+    check(cookie.get("httpOnly") is True, f"the session cookie is not HttpOnly: {cookie}")
     check(cookie.get("sameSite") == "Strict", f"the session cookie is not SameSite=Strict: {cookie}")
     return {"name": cookie["name"], "httpOnly": cookie["httpOnly"], "sameSite": cookie["sameSite"]}
-
-
-def server_credentials(workdir: Path) -> tuple[Credentials | None, dict[str, str]]:
-    """INTEGRATION HOOK (auth): the user the browser logs in as and the server settings that
-    configure it, or ``(None, {})`` to run without users (medseg has no user store yet)."""
-    return None, {}
 
 
 # --- OHIF pages -------------------------------------------------------------------------------------
@@ -380,12 +419,13 @@ def open_viewer(s: Session, row: Any, mode: str, study_uid: str) -> None:
     s.step("viewer shows the series", url=s.driver.current_url, coloured_pixels=coloured)
 
 
-def store_seg(server_url: str, bundle: str, series_uid: str) -> str:
+def store_seg(server_url: str, bundle: str, series_uid: str, headers: dict[str, str]) -> str:
     """Segment the series with ``bundle`` and store the SEG on the PACS; returns its SeriesInstanceUID."""
     resp = call(
         "POST",
         f"{server_url}/infer/{bundle}?image={series_uid}&output=dicom_seg",
         fields={"params": json.dumps({"store": True})},
+        headers=headers,
         timeout=600,
     )
     check(resp.status == 200, f"/infer output=dicom_seg failed: {resp.status} {resp.detail}")
@@ -473,8 +513,12 @@ def run(args: argparse.Namespace) -> dict:
         python = Path(args.label_python) if args.label_python else find_label_python(create=False)
         server = LabelServer(python, prepared, log=workdir / "server.log", extra_env=auth_env)
         server.start()
-        info = server.wait_ready(timeout=args.ready_timeout)
-        check(bundle.name in info["models"], f"{bundle.name} not in /info/ models {list(info['models'])}")
+        server.wait_ready(timeout=args.ready_timeout)
+        headers = api_headers(server.url, credentials)
+        info = call("GET", f"{server.url}/info/", headers=headers)
+        check(info.status == 200, f"GET /info/ answered {info.status} {info.detail}")
+        models = list(info.json()["models"])
+        check(bundle.name in models, f"{bundle.name} not in /info/ models {models}")
         session.base_url = server.url
         session.step("monailabel ready", url=server.url, users=report["users"])
 
@@ -486,7 +530,7 @@ def run(args: argparse.Namespace) -> dict:
                     session.step("logged in", cookie=login(driver, server.url, credentials))
                 row = open_study_list(session, series_patient_id(series))
                 open_viewer(session, row, args.mode, source["study_uid"])
-                seg_uid = store_seg(server.url, bundle.name, source["series_uid"])
+                seg_uid = store_seg(server.url, bundle.name, source["series_uid"], headers)
                 session.step("seg stored", seg_series_uid=seg_uid)
                 show_seg(session, bundle.name, labels)
             finally:
