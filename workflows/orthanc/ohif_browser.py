@@ -217,7 +217,7 @@ def api_headers(base_url: str, credentials: Credentials | None) -> dict[str, str
     return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
-def login(driver: Any, base_url: str, credentials: Credentials, timeout: float = 30) -> dict:
+def login(s: Session, credentials: Credentials, timeout: float = 30) -> dict:
     """Log the browser in through the server's login page; returns the session cookie's flags.
 
     First checks that ``/ohif/`` is closed without a login, then fills the page's form
@@ -225,25 +225,26 @@ def login(driver: Any, base_url: str, credentials: Credentials, timeout: float =
     session cookie that OHIF's requests then carry.
 
     Args:
-        driver: the selenium driver.
-        base_url: the server's URL.
+        s: the browser session (on the server's URL).
         credentials: a user of the server.
         timeout: seconds to wait for the form and for the cookie.
     """
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{base_url}/ohif/")
+    driver = s.driver
+    driver.get(f"{s.base_url}/ohif/")
     check(
         not driver.find_elements(By.ID, "root") and LOGIN_PAGE in driver.page_source,
         "/ohif/ opened without a login",
     )
-    driver.get(f"{base_url}{LOGIN_PAGE}?next=/ohif/")
+    driver.get(f"{s.base_url}{LOGIN_PAGE}?next=/ohif/")
     user_field, password_field = LOGIN_FIELDS
     wait_for(driver, "the login form", css(f'input[name="{user_field}"]'), timeout)[0].send_keys(
         credentials.username
     )
     password = driver.find_element(By.NAME, password_field)
     password.send_keys(credentials.password)
+    s.shot("00-login.png")
     password.submit()
 
     def session_cookie(d: Any) -> dict | None:
@@ -527,7 +528,7 @@ def run(args: argparse.Namespace) -> dict:
             session.driver = driver
             try:
                 if credentials is not None:
-                    session.step("logged in", cookie=login(driver, server.url, credentials))
+                    session.step("logged in", cookie=login(session, credentials))
                 row = open_study_list(session, series_patient_id(series))
                 open_viewer(session, row, args.mode, source["study_uid"])
                 seg_uid = store_seg(server.url, bundle.name, source["series_uid"], headers)
