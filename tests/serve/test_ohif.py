@@ -5,6 +5,9 @@ Orthanc datastore. workflows/orthanc/ohif_browser.py drives Debian's Chromium th
 chromedriver; it runs inside ``unshare -n -p -f --kill-child``: a network namespace with only
 loopback (Orthanc cannot bind to loopback only) that is also a PID namespace, so that Orthanc, the
 server, chromedriver and every Chromium process end with it, also when the test times out.
+When this medseg has the login of ``medseg serve --users``, the server runs with a users file and the
+browser logs in on the login page first (checked: ``/ohif/`` is closed before, the session cookie is
+HttpOnly and SameSite=Strict), as the issue asks; without it the browser goes straight to ``/ohif/``.
 
 Screenshots of each stage are kept: the test prints their folder and copies them, with the logs, to
 ``$MEDSEG_TEST_ARTIFACTS/test_ohif`` when that is set.
