@@ -20,7 +20,8 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# Orthanc, dicom3tools and the MONAI Label venv (its own torch/monai stack, cached outside the clone).
+# Orthanc, dicom3tools, Chromium + chromedriver and the MONAI Label venv (its own torch/monai stack,
+# cached outside the clone).
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then bash workflows/setup_ci.sh; \
 	else echo "not root: run 'sudo bash workflows/setup_ci.sh' once for the serving tests (skipped without it)"; fi

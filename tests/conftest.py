@@ -2,7 +2,9 @@
 
 A test marked ``needs_data`` reads the real data (``$MEDSEG_DATA_DIR`` or ``../shared/data``),
 ``needs_label_venv`` starts the MONAI Label server in its own venv (``workflows/label_venv.sh``), and
-``needs_orthanc`` starts Orthanc with its DICOMweb plugin (``workflows/setup_ci.sh`` installs it).
+``needs_orthanc`` starts Orthanc with its DICOMweb plugin (``workflows/setup_ci.sh`` installs it), and
+``needs_browser`` drives headless Chromium with selenium (Debian's chromium and chromium-driver, which
+``workflows/setup_ci.sh`` installs, and selenium from the dev extras).
 When a need is missing the test is skipped, and with ``--require-all`` (CI) it fails instead, so that
 CI cannot pass by skipping.
 """
@@ -10,6 +12,7 @@ CI cannot pass by skipping.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -53,6 +56,15 @@ def _missing_orthanc() -> str | None:
     return None
 
 
+def _missing_browser() -> str | None:
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed: run 'sudo bash workflows/setup_ci.sh'"
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium not installed: pip install -e .[dev]"
+    return None
+
+
 NEEDS: dict[str, tuple[str, Callable[[], str | None]]] = {
     "needs_data": ("reads the real data in $MEDSEG_DATA_DIR or ../shared/data", _missing_data),
     "needs_label_venv": (
@@ -60,6 +72,10 @@ NEEDS: dict[str, tuple[str, Callable[[], str | None]]] = {
         _missing_label_venv,
     ),
     "needs_orthanc": ("runs Orthanc with DICOMweb (workflows/setup_ci.sh)", _missing_orthanc),
+    "needs_browser": (
+        "drives headless Chromium with selenium (chromium, chromium-driver: workflows/setup_ci.sh)",
+        _missing_browser,
+    ),
 }
 
 

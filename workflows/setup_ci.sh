@@ -2,7 +2,8 @@
 # Install what the serving and DICOM SEG tests need (tests/test_serve*.py, tests/test_orthanc*.py,
 # dciodvfy for tests/test_segment*.py) on a Debian
 # machine, as root. Idempotent and fast when everything is there already:
-#   * Debian packages: orthanc, orthanc-dicomweb (imaging server), util-linux (unshare), iproute2 (ip);
+#   * Debian packages: orthanc, orthanc-dicomweb (imaging server), util-linux (unshare), iproute2 (ip),
+#     chromium and chromium-driver (headless browser for OHIF);
 #   * the MONAI Label venv (workflows/label_venv.sh): reused from ~/.cache/medseg/label-venv-<hash>
 #     when its requirements did not change; the first build takes a few minutes and about 8 GB.
 # CI: run it before `make test` (e.g. in .ci/run); set MEDSEG_LABEL_VENV to keep the venv elsewhere.
@@ -16,6 +17,9 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)  # DICOM validator for the SEG tests
+# headless browser of tests/serve/test_ohif.py (OHIF); Debian's driver matches Debian's browser
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup_ci: need root to install ${need[*]}" >&2
