@@ -36,6 +36,7 @@ import numpy as np
 
 from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import InputError, first_line
+from medseg.io.formats import PHOTO_SUFFIXES, strip_image_suffix
 
 __all__ = [
     "DatasetError",
@@ -54,7 +55,6 @@ __all__ = [
 GRID_TOLERANCE_VOXELS = 0.01
 # Channel names that make a 3-channel PNG an RGB photograph (case-insensitive).
 RGB_CHANNEL_NAMES = (("r", "g", "b"), ("red", "green", "blue"))
-_PNG_ENDINGS = (".png",)
 
 
 class DatasetError(InputError):
@@ -213,8 +213,7 @@ def _msd_spec(root: Path, meta: dict[str, Any]) -> DatasetSpec:
         if not isinstance(entry, Mapping) or "image" not in entry or "label" not in entry:
             raise DatasetError(f"dataset.json 'training' entry {entry!r} needs 'image' and 'label'")
         image, label = (root / entry["image"]).resolve(), (root / entry["label"]).resolve()
-        ending = ".nii.gz" if image.name.endswith(".nii.gz") else image.suffix
-        cases.append(Case(_strip_ending(image.name, ending), (image,), label))
+        cases.append(Case(strip_image_suffix(image.name), (image,), label))
     dims = 2 if str(meta.get("tensorImageSize", "3D")).upper().startswith("2") else 3
     return DatasetSpec(
         root=root,
@@ -237,7 +236,7 @@ def _nnunet_spec(root: Path, meta: dict[str, Any]) -> DatasetSpec:
     if not label_dir.is_dir() or not image_dir.is_dir():
         raise DatasetError(f"{root} needs imagesTr/ and labelsTr/ folders (nnU-Net v2 raw layout)")
     case_ids = sorted(_strip_ending(p.name, ending) for p in label_dir.iterdir() if p.name.endswith(ending))
-    rgb_png = ending.lower() in _PNG_ENDINGS and len(channels) == 3
+    rgb_png = ending.lower() in PHOTO_SUFFIXES and len(channels) == 3
     cases = []
     for cid in case_ids:
         files = [image_dir / f"{cid}_{k:04d}{ending}" for k in sorted(channels)]
@@ -257,7 +256,7 @@ def _nnunet_spec(root: Path, meta: dict[str, Any]) -> DatasetSpec:
         labels=labels,
         channels=channels,
         file_ending=ending,
-        spatial_dims=2 if ending.lower() in _PNG_ENDINGS else 3,
+        spatial_dims=2 if ending.lower() in PHOTO_SUFFIXES else 3,
         cases=tuple(cases),
         meta=meta,
     )
@@ -342,7 +341,7 @@ def _read_png(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_file(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     """A file's array (spatial first, channels last if any) and its affine; errors name the case."""
-    if path.name.lower().endswith(_PNG_ENDINGS):
+    if path.name.lower().endswith(PHOTO_SUFFIXES):
         return _read_png(path, case_id)
     from medseg.io import read_image  # the public name: medseg.io's modules may move
 

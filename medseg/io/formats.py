@@ -50,6 +50,7 @@ __all__ = [
     "SELF_CONTAINED_SUFFIXES",
     "NIFTI_SUFFIXES",
     "NRRD_SUFFIXES",
+    "PHOTO_SUFFIXES",
     "DICOM_SUFFIXES",
     "file_format",
     "image_suffix",
@@ -92,6 +93,9 @@ NIFTI_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.format == "nifti")
 NRRD_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.format == "nrrd")
 # DICOM files are recognised by content; this ending is only a hint for readers that go by name.
 DICOM_SUFFIXES = (".dcm",)
+# 2-D photographs (endoscopy, dermatology) without geometry: labelled training data of a dataset
+# (medseg.data.dataset reads them), not inputs that medseg segment/serve discover.
+PHOTO_SUFFIXES = (".png",)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NHDR_DATA_FILE = re.compile(r"^data ?file\s*:\s*(.*)$", re.IGNORECASE)
