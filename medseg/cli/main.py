@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES = [
     "medseg.cli.segment",
     "medseg.cli.demo",
     "medseg.cli.serve",
+    "medseg.cli.users",
 ]
 
 
