@@ -212,7 +212,9 @@ def test_role_matrix(local, hippocampus_dir: Path, cases):
         "stop training": lambda h: call("DELETE", f"{url}/train/", headers=h),
         "model upload": lambda h: call("PUT", f"{url}/model/{bundle}", fields={"x": "no file"}, headers=h),
         "model delete": lambda h: call("DELETE", f"{url}/model/no-such-model", headers=h),
-        "promote": lambda h: call("POST", f"{url}/model/versions/{bundle}/promote", json_body={}, headers=h),
+        "promote": lambda h: call(
+            "POST", f"{url}/model/versions/no-such-model/promote", json_body={}, headers=h
+        ),
         "delete label": lambda h: call("DELETE", f"{url}/datastore/label?id={victim}&tag=final", headers=h),
     }
     allowed = {

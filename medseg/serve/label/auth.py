@@ -74,21 +74,23 @@ MINUTES_ENV = "MEDSEG_SERVE_TOKEN_MINUTES"
 DEFAULT_MINUTES = 60
 MIN_SECRET_CHARS = 32
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# the open routes: login, and logout (it only clears the cookie)
 PUBLIC = frozenset(
-    {("GET", "/auth/"), ("POST", "/auth/token"), ("GET", "/auth/login"), ("POST", "/auth/login")}
+    {
+        ("GET", "/auth/"),
+        ("POST", "/auth/token"),
+        ("GET", "/auth/login"),
+        ("POST", "/auth/login"),
+        ("POST", "/auth/logout"),
+    }
 )
-PUBLIC |= {("POST", "/auth/logout")}  # it only clears the cookie
 
 # (methods, path pattern, least role); the first match wins. Unlisted: reads need "user", writes "admin".
 RULES: tuple[tuple[frozenset[str], re.Pattern, str], ...] = tuple(
     (frozenset(methods.split()), re.compile(pattern), role)
     for methods, pattern, role in (
         ("POST PUT DELETE PATCH", r"^/train(/|$)", "admin"),  # train, stop training
-        (
-            "POST PUT DELETE PATCH",
-            r"^/model(/|$)",
-            "admin",
-        ),  # model files; /model/versions promote, roll back
+        ("POST PUT DELETE PATCH", r"^/model(/|$)", "admin"),  # model files, /model/versions promote/roll back
         ("GET HEAD", r"^/model/versions(/|$)", "user"),  # the versions list
         ("GET HEAD", r"^/model(/|$)", "admin"),  # weights download (stock: admin)
         ("DELETE", r"^/datastore(/|$)", "admin"),  # delete images or labels
