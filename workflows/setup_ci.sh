@@ -16,6 +16,7 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)  # DICOM validator for the SEG tests
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # a self-signed certificate for the HTTPS login test
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup_ci: need root to install ${need[*]}" >&2
