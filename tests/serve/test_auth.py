@@ -161,6 +161,9 @@ def test_every_route_needs_a_token(local):
             assert call(method, url + path, headers=bearer(token)).status == 401, (method, path)
     login_page = call("GET", f"{url}/auth/login")
     assert login_page.status == 200 and b'type="password"' in login_page.body
+    assert (
+        login_page.headers["x-frame-options"] == "DENY" and login_page.headers["cache-control"] == "no-store"
+    )
     browser = call("GET", f"{url}/ohif/", headers={"Accept": "text/html"})
     assert browser.status == 401 and b"/auth/login?next=/ohif/" in browser.body
 

@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -366,7 +367,7 @@ def _same_origin(conn: HTTPConnection) -> bool:
 def _refusal(conn: HTTPConnection, status: int, detail: str) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if status == 401 and "text/html" in conn.headers.get("accept", ""):
-        target = html.escape(f"/auth/login?next={conn.url.path}", quote=True)
+        target = html.escape(f"/auth/login?next={urllib.parse.quote(conn.url.path)}", quote=True)
         body = (
             f'<!doctype html><title>Log in</title><p>{html.escape(detail)}. <a href="{target}">Log in</a></p>'
         )
@@ -419,7 +420,13 @@ def _safe_next(target: str) -> str:
 
 def _login_page(next_path: str, error: str = "", status: int = 200) -> HTMLResponse:
     body = _LOGIN_PAGE.format(error=html.escape(error), next=html.escape(_safe_next(next_path), quote=True))
-    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+    # no caching, and no framing of the password form by other sites (clickjacking)
+    headers = {
+        "Cache-Control": "no-store",
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": "frame-ancestors 'none'",
+    }
+    return HTMLResponse(body, status_code=status, headers=headers)
 
 
 def _client(request: Request) -> str:
