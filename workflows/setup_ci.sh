@@ -20,6 +20,7 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)  # DICOM validator fo
 # headless browser of tests/serve/test_ohif.py (OHIF); Debian's driver matches Debian's browser
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # a self-signed certificate for the HTTPS login test
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup_ci: need root to install ${need[*]}" >&2

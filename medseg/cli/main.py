@@ -33,6 +33,7 @@ SUBCOMMAND_MODULES = [
     "medseg.cli.segment",
     "medseg.cli.demo",
     "medseg.cli.serve",
+    "medseg.cli.users",
 ]
 
 

@@ -2,6 +2,10 @@
 
 Prepares a working folder (served copies of the bundles, a datastore mirrored from the studies)
 and runs a MONAI Label server for 3D Slicer on 127.0.0.1 in the foreground, until Ctrl-C/SIGTERM.
+``--users USERS.json`` or ``--auth-realm URL`` require a login for every route (see
+:mod:`medseg.serve.label.auth`); only then may ``--host`` name a non-loopback address (or with
+``--insecure-no-auth``, for a server behind an authenticating proxy); ``--ssl-certfile`` /
+``--ssl-keyfile`` serve HTTPS.
 Works from a source checkout and from an installed package: bundles are folder paths (or names
 looked up as :mod:`medseg.paths` says), and the MONAI Label venv is built from the recipe shipped
 in the package on first use. See workflows/README.md.
@@ -27,7 +31,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(model names = bundle folder names). The MONAI Label venv is built on first use (minutes). The studies folder is never written to: it is mirrored "
         "into WORKDIR/datastore (links; DICOM series converted to NIfTI; MSD labelsTr copied as final "
         "labels). /train writes fine-tuned weights as new versions in WORKDIR, never into bundles/. "
-        "No authentication: keep it on 127.0.0.1 or behind an authenticating proxy. Research use only.",
+        "Without --users or --auth-realm there is no login: keep it on 127.0.0.1. Research use only.",
     )
     parser.add_argument(
         "--studies",
@@ -56,6 +60,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0 picks a free one)"
     )
     parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1); another address needs --users or --auth-realm",
+    )
+    login = parser.add_mutually_exclusive_group()
+    login.add_argument(
+        "--users",
+        metavar="USERS.json",
+        default=None,
+        help="require a login from the users in this file (made by `medseg users add`; mode 0600)",
+    )
+    login.add_argument(
+        "--auth-realm",
+        metavar="URL",
+        default=None,
+        help="require a login from this Keycloak/OIDC realm (e.g. https://HOST/realms/monailabel)",
+    )
+    parser.add_argument(
+        "--token-minutes",
+        type=float,
+        default=60.0,
+        help="lifetime of the tokens --users issues (default 60); restarting the server ends them all",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --host without a login (only behind a proxy that authenticates)",
+    )
+    parser.add_argument(
+        "--ssl-certfile", metavar="PEM", default=None, help="serve HTTPS with this certificate"
+    )
+    parser.add_argument("--ssl-keyfile", metavar="PEM", default=None, help="the certificate's private key")
+    parser.add_argument(
         "--workdir", metavar="DIR", default=None, help="working folder (default: ~/.cache/medseg/serve)"
     )
     parser.add_argument(
@@ -81,6 +118,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.serve.access import auth_environment, check_bind, check_tls
     from medseg.serve.launcher import LabelServer, find_label_python, free_port, port_is_free, run_foreground
     from medseg.serve.workdir import default_workdir, prepare_workdir, select_bundles
 
@@ -88,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port} is not a TCP port")
     if args.infer_workers < 1:
         raise ConfigError("--infer-workers must be at least 1")
+    check_bind(args.host, bool(args.users or args.auth_realm), args.insecure_no_auth)
+    check_tls(args.ssl_certfile, args.ssl_keyfile)
+    auth_env = auth_environment(args.users, args.auth_realm, args.token_minutes)
     wanted = [n.strip() for item in args.bundles or [] for n in item.split(",") if n.strip()]
     bundles = select_bundles(wanted or None, Path(args.bundles_dir) if args.bundles_dir else None)
     workdir = Path(args.workdir) if args.workdir else default_workdir()
@@ -100,13 +141,24 @@ def run(args: argparse.Namespace) -> int:
         )
         for line in r.skipped:
             print(f"  skipped {line}")
-    port = args.port or free_port()
-    if not port_is_free(port):
-        raise ConfigError(f"port {port} on 127.0.0.1 is in use (another server?); choose another with --port")
+    port = args.port or free_port(args.host)
+    if not port_is_free(port, args.host):
+        raise ConfigError(
+            f"port {port} on {args.host} is in use (another server?); choose another with --port"
+        )
+    where = {"host": args.host, "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
     if args.prepare_only:
-        server = LabelServer("<label-venv>/bin/python", prepared, port=port)
+        server = LabelServer("<label-venv>/bin/python", prepared, port=port, **where)
         print(" ".join(server.command()))
         return 0
     python = find_label_python(create=True)
-    server = LabelServer(python, prepared, port=port, log=args.log, infer_workers=args.infer_workers)
+    server = LabelServer(
+        python,
+        prepared,
+        port=port,
+        log=args.log,
+        infer_workers=args.infer_workers,
+        extra_env=auth_env,
+        **where,
+    )
     return run_foreground(server, ready_timeout=args.ready_timeout)

@@ -1,8 +1,9 @@
 """Start, watch and stop the MONAI Label server of ``medseg serve`` (core venv side).
 
 The server runs in the MONAI Label venv as a child process in its own process group, bound to
-127.0.0.1; :class:`LabelServer` starts it, waits until ``GET /info/`` answers, and stops it together
-with everything it started (training jobs included).
+127.0.0.1 unless told otherwise (``medseg serve --host`` refuses other addresses without a login, see
+:mod:`medseg.serve.access`); :class:`LabelServer` starts it, waits until ``GET /info/`` answers (a 401
+counts: a login is required), and stops it together with everything it started (training jobs included).
 
 The venv's recipe (``label_venv.sh`` with its pinned requirements) ships inside the package
 (``medseg/serve/label/recipe/``), so ``medseg serve`` builds the venv on first use from a source
@@ -18,6 +19,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -162,6 +164,9 @@ class LabelServer:
         log: str | os.PathLike | None = None,
         infer_workers: int | None = None,
         extra_env: dict[str, str] | None = None,
+        host: str = HOST,
+        ssl_certfile: str | os.PathLike | None = None,
+        ssl_keyfile: str | os.PathLike | None = None,
     ) -> None:
         self.python = str(python)
         self.prepared = prepared
@@ -169,12 +174,17 @@ class LabelServer:
         self.log_path = Path(log) if log else None
         self.infer_workers = infer_workers
         self.extra_env = dict(extra_env or {})
+        self.host = host
+        self.ssl_files = (str(ssl_certfile), str(ssl_keyfile)) if ssl_certfile and ssl_keyfile else None
         self.process: subprocess.Popen | None = None
         self._log_file = None
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        """Where this machine reaches the server (loopback when it listens on every address)."""
+        host = HOST if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.ssl_files else 'http'}://{host}:{self.port}"
 
     def command(self) -> list[str]:
         return [
@@ -187,9 +197,14 @@ class LabelServer:
             "--studies",
             self.prepared.studies,
             "--host",
-            HOST,
+            self.host,
             "--port",
             str(self.port),
+            *(
+                ["--ssl_certfile", self.ssl_files[0], "--ssl_keyfile", self.ssl_files[1]]
+                if self.ssl_files
+                else []
+            ),
             "--conf",
             "models",
             ",".join(self.prepared.bundles),
@@ -253,8 +268,16 @@ class LabelServer:
         return self
 
     def info(self, timeout: float = 5.0) -> dict:
-        with urllib.request.urlopen(f"{self.url}/info/", timeout=timeout) as response:
-            return json.loads(response.read())
+        """``GET /info/``; ``{}`` when the server requires a login (401)."""
+        # the readiness probe of our own server: its certificate may be self-signed or name another host
+        context = ssl._create_unverified_context() if self.ssl_files else None
+        try:
+            with urllib.request.urlopen(f"{self.url}/info/", timeout=timeout, context=context) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                return {}
+            raise
 
     def wait_ready(self, timeout: float = 300.0) -> dict:
         """Wait until ``/info/`` answers; returns it.
@@ -332,7 +355,7 @@ def run_foreground(server: LabelServer, ready_timeout: float = 600.0) -> int:
     try:
         server.start()
         info = server.wait_ready(timeout=ready_timeout)
-        models = ", ".join(sorted(info.get("models", {}))) or "none"
+        models = ", ".join(sorted(info.get("models", {}))) or ("none" if info else "log in to list them")
         print(
             f"MONAI Label server ready at {server.url}/ (models: {models}; studies: {server.prepared.studies})",
             flush=True,

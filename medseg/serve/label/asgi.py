@@ -16,7 +16,8 @@ What changes against the stock server (monailabel 0.8.5):
 * ``POST /train/{model}`` answers 404 for an unknown model and 409 without enough labels, and
   never blocks the event loop; the train task writes a new weights version (see
   :mod:`medseg.serve.label.app`);
-* errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500.
+* errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500;
+* with ``medseg serve --users``/``--auth-realm`` every route needs a login (:mod:`medseg.serve.label.auth`).
 
 Importing this module changes nothing and starts nothing: the worker pool is started and MONAI
 Label's CORS middleware restricted by :func:`startup`, which :func:`app` runs on the first event
@@ -52,7 +53,7 @@ from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedsegError
 from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix
-from medseg.serve.label import worker
+from medseg.serve.label import auth, worker
 from medseg.serve.label.worker import JobError, error_status
 
 __all__ = ["app", "api", "stock_app", "startup", "infer_pool"]
@@ -340,3 +341,6 @@ async def app(scope, receive, send):
         await api(scope, receive, send)
     else:
         await stock_app(scope, receive, send)
+
+
+app = auth.protect(app, api, stock_app)  # the login, when medseg serve configures one
