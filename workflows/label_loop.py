@@ -15,7 +15,8 @@ Steps (each checked; the first failed check stops it with a message and exit cod
    position in space, not an image, an unknown image) get 4xx and leave the datastore unchanged;
 3. for every unlabelled image: next sample (``/activelearning/random``) -> ``/infer/<model>`` ->
    ``PUT /datastore/label`` with the corrected label (``--truth ID=FILE``, else the model's own
-   output with its last labelled slice cleared: a correction);
+   output with its last labelled slice cleared: a correction; the first one as NRRD, as 3D Slicer
+   sends it); the label the server then holds must be the submitted one, voxel for voxel;
 4. ``/train/<model>`` (``--epochs``, short) -> ``GET /train/`` until the status is ``DONE`` ->
    ``GET /model/versions/<model>``: the new version is served only if its Dice on the
    validation part is not below the serving version's -> inference uses the serving version;
@@ -63,6 +64,23 @@ def pairs(items: list[str]) -> dict[str, str]:
     return out
 
 
+def as_slicer_nrrd(nifti: Path, out: Path) -> Path:
+    """A NIfTI label map saved as 3D Slicer saves a labelmap: gzip NRRD, LPS space directions."""
+    import nrrd
+
+    image = nib.load(str(nifti))
+    lps = np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, :]
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": lps[:, :3].T,
+        "space origin": lps[:, 3],
+        "kinds": ["domain"] * 3,
+        "encoding": "gzip",
+    }
+    nrrd.write(str(out), np.asarray(image.dataobj).astype(np.uint8), header)
+    return out
+
+
 class Loop:
     """One run of the loop against a server (``url``) for one model."""
 
@@ -95,6 +113,10 @@ class Loop:
             resp.status_code == 200, f"GET /model/versions/{self.model}: {resp.status_code} {resp.text[:300]}"
         )
         return resp.json()
+
+    def stored_label(self, image_id: str) -> np.ndarray:
+        path = self.client.download_label(image_id, "final")
+        return np.asarray(nib.load(path).dataobj).astype(int)
 
     def put_label(self, image_id: str, path: Path, name: str | None = None) -> requests.Response:
         with open(path, "rb") as fp:
@@ -217,8 +239,20 @@ class Loop:
                     data[:, :, nonzero[-1]] = 0  # the clinician's correction: the last slice was wrong
                 corrected = self.workdir / f"{image_id}-corrected.nii.gz"
                 nib.save(nib.Nifti1Image(data, pred.affine), corrected)
+            expected = np.asarray(nib.load(str(corrected)).dataobj).astype(int)
+            if not done:  # the first label as 3D Slicer sends it: NRRD in LPS space
+                corrected = as_slicer_nrrd(corrected, self.workdir / f"{image_id}.nrrd")
             saved = self.client.save_label(image_id, str(corrected))
             check(saved.get("image") == image_id, f"save_label answered {saved}")
+            stored = self.stored_label(image_id)
+            check(stored.shape == expected.shape, f"stored label of {image_id} has shape {stored.shape}")
+            differ = int((stored != expected).sum())
+            check(
+                differ == 0,
+                f"the stored label of {image_id} differs from the submitted one in {differ} voxels",
+            )
+            if not done:
+                self.step("NRRD label stored", image=image_id, voxels=int((stored > 0).sum()))
             check(
                 self.final_label_of(image_id) is not None, f"the label of {image_id} is not in the datastore"
             )

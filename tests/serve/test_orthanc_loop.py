@@ -63,4 +63,5 @@ def test_loop_on_orthanc_stores_labels_as_seg_and_trains_from_them(shared_data: 
     assert all(s["segments"] == ["anterior hippocampus", "posterior hippocampus"] for s in report["segs"])
     assert report["retrain_from_seg"]["decision"] in ("promoted", "kept as candidate")
     steps = [s["step"] for s in report["steps"]]
-    assert "labels read back from SEG" in steps and steps[-1] == "stopped"
+    assert "labels read back from SEG" in steps and "DICOM SEG label taken" in steps
+    assert steps[-1] == "stopped"

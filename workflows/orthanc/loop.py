@@ -11,7 +11,8 @@ next sample -> infer -> submit the corrected label for every series -> train -> 
 promotion decision -> inference). Then check on Orthanc that each submitted label is a DICOM SEG
 written by medseg (coded segments, SEMIAUTOMATIC, referencing its source series) and that the
 refused labels stored nothing; then start a second server with an empty cache, which must read
-the labels back from those SEG objects (the same voxels) and fine-tune on them. Exits non-zero
+the labels back from those SEG objects (the same voxels), take a label sent as a DICOM SEG,
+and fine-tune on them. Exits non-zero
 on the first failed check; writes a JSON report.
 """
 
@@ -199,6 +200,27 @@ def run(args: argparse.Namespace) -> dict:
             check(differ == 0, f"{uid}: the label read back from its SEG differs in {differ} voxels")
             check(bool((submitted[uid] > 0).any()), f"{uid}: the submitted label is empty")
         step("labels read back from SEG", voxels={u: int((m > 0).sum()) for u, m in read_back.items()})
+        # a label submitted as a DICOM SEG of the series (as a DICOMweb viewer sends it) is taken too
+        first = segs[0]
+        seg_bytes = fetch_series_instances(orthanc, first["seg_series_uid"])[0]
+        resp = call(
+            "PUT",
+            f"{server2.url}/datastore/label?image={first['references']}",
+            fields={"params": "{}"},
+            files={"label": ("label.dcm", seg_bytes)},
+            timeout=300,
+        )
+        check(resp.status == 200, f"PUT /datastore/label with a DICOM SEG: {resp.status} {resp.detail}")
+        again = label_maps(server2.url, [first["references"]])[first["references"]]
+        check(
+            bool((again == submitted[first["references"]]).all()), "the label submitted as DICOM SEG differs"
+        )
+        listed = call("GET", f"{dicomweb}/series?Modality=SEG", headers={"Accept": "application/dicom+json"})
+        check(
+            len(listed.json()) == len(series) + 1,
+            "the label submitted as DICOM SEG was not stored as a new SEG",
+        )
+        step("DICOM SEG label taken", image=first["references"])
         resp = call("POST", f"{server2.url}/train/{bundle.name}", json_body={"max_epochs": 1}, timeout=60)
         check(resp.status == 200, f"POST /train on the fresh server: {resp.status} {resp.detail}")
         status = wait_train(server2.url, args.loop_timeout)
