@@ -10,7 +10,8 @@ against a running ``medseg serve``::
 Steps (each checked; the first failed check stops it with a message and exit code 1):
 
 1. ``PUT /datastore/image`` uploads (``--upload ID=FILE``; the first one with the route Slicer
-   uses, the rest with ``MONAILabelClient.upload_image``);
+   uses, the rest with ``MONAILabelClient.upload_image``); with ``--bad-labels`` first uploads
+   that must be refused (truncated, not an image, a path as id);
 2. with ``--bad-labels``: labels that must be refused (another grid, a foreign value, another
    position in space, not an image, an unknown image) get 4xx and leave the datastore unchanged;
 3. for every unlabelled image: next sample (``/activelearning/random``) -> ``/infer/<model>`` ->
@@ -139,6 +140,33 @@ class Loop:
         raise Failed(f"training did not finish within {self.timeout:.0f} s: {json.dumps(status)[-500:]}")
 
     # -- steps
+    def bad_uploads(self, path: str) -> None:
+        """Uploads the server must refuse (4xx) without adding anything to the datastore."""
+        before = set(self.objects())
+        data = Path(path).read_bytes()
+        cases = [
+            ("a truncated image", "cut", "cut.nii.gz", data[: len(data) // 2], 422, "cannot be read"),
+            ("not an image file", "notes", "notes.txt", b"text", 415, "NIfTI"),
+            ("a path as image id", "../escape", "escape.nii.gz", data, 400, "plain name"),
+        ]
+        refused = []
+        for what, image_id, name, body, status, words in cases:
+            resp = requests.put(
+                f"{self.url}/datastore/image",
+                params={"image": image_id},
+                files={"file": (name, body)},
+                data={"params": "{}"},
+                timeout=300,
+            )
+            check(
+                resp.status_code == status,
+                f"upload of {what}: {resp.status_code} (expected {status}) {resp.text[:300]}",
+            )
+            check(words in resp.text, f"upload of {what}: message {resp.text[:300]!r} lacks {words!r}")
+            refused.append({"case": what, "status": resp.status_code})
+        check(set(self.objects()) == before, "a refused upload changed the datastore")
+        self.step("bad uploads refused", cases=refused)
+
     def upload(self, images: dict[str, str]) -> None:
         for n, (image_id, path) in enumerate(images.items()):
             if n == 0:  # the route Slicer's "upload" uses
@@ -358,6 +386,8 @@ def main() -> int:
             )
             loop.step("server info", models=sorted(info["models"]), datastore=info.get("datastore", {}))
             if uploads:
+                if args.bad_labels:
+                    loop.bad_uploads(next(iter(uploads.values())))
                 loop.upload(uploads)
             if args.bad_labels:
                 first = next(iter(uploads), None) or loop.client.next_sample("first", {}).get("id")

@@ -1,7 +1,7 @@
 """The clinicians' loop through MONAI Label's own client (workflows/label_loop.py) on a local datastore.
 
-``medseg serve`` starts on an EMPTY studies folder; the client uploads real hippocampus images,
-wrong labels are refused, every image is labelled (next sample -> infer -> submit the corrected
+``medseg serve`` starts on an EMPTY studies folder; the client uploads real hippocampus images
+(broken uploads are refused), wrong labels are refused, every image is labelled (next sample -> infer -> submit the corrected
 label), the model is fine-tuned (one epoch) and the new version is promoted only if it is no
 worse on the held-out validation part; then a deliberately worse candidate (a wrecking learning
 rate) must not be served, and an admin promotes it by hand and rolls back.
@@ -92,6 +92,9 @@ def test_loop_through_the_client_on_an_empty_local_datastore(tmp_path: Path, sha
         for c in next(s for s in report["steps"] if s["step"] == "bad labels refused")["cases"]
     }
     assert refused["another grid"] == 422 and refused["an unknown image"] == 404
+
+    uploads = next(s for s in report["steps"] if s["step"] == "bad uploads refused")["cases"]
+    assert [c["status"] for c in uploads] == [422, 415, 400]
 
     trained, worse = report["train"], report["worse"]
     assert trained["status"] == "DONE"

@@ -282,7 +282,9 @@ def test_20_concurrent_infers_succeed_and_info_stays_responsive(served, cases):
 
 
 @pytest.mark.timeout(1800)
-def test_train_writes_a_new_weights_version_and_serves_it_only_if_no_worse(served, hippocampus_dir: Path, cases):
+def test_train_writes_a_new_weights_version_and_serves_it_only_if_no_worse(
+    served, hippocampus_dir: Path, cases
+):
     url, model = served["url"], served["names"][0]
     served_models = served["prepared"].app_dir / "model" / model / "models"
     served_before = sha256(served_models / "model.pt")

@@ -18,7 +18,8 @@ What changes against the stock server (monailabel 0.8.5):
   :mod:`medseg.serve.label.app`);
 * ``PUT /datastore/label`` checks a label against its image before anything is stored
   (:mod:`medseg.serve.label.labels`); on a DICOMweb datastore the label is stored as a DICOM SEG
-  written by medseg;
+  written by medseg; ``PUT /datastore/image`` takes only a readable 3-D NIfTI/NRRD under a plain
+  id (:mod:`medseg.serve.label.uploads`);
 * ``GET /model/versions/{model}``, ``POST /model/versions/{model}/promote`` and ``/rollback``
   list the weights versions with their scores and change the serving one (admin only; see
   :mod:`medseg.serve.label.versions`);
@@ -58,7 +59,7 @@ from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedsegError
 from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix
-from medseg.serve.label import labels, versions, worker
+from medseg.serve.label import labels, uploads, versions, worker
 from medseg.serve.label.worker import JobError, error_status
 
 __all__ = ["app", "api", "stock_app", "startup", "infer_pool"]
@@ -289,6 +290,15 @@ async def api_run_train(
     request = {"model": model}
     # the model comes from the URL; a "model" or "bundle_path" in the options would retarget the job
     params = {k: v for k, v in (params or {}).items() if k not in ("model", "bundle_path")}
+    learning_rate = params.get("learning_rate")
+    if learning_rate is not None and (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not learning_rate > 0
+    ):
+        raise HTTPException(
+            status_code=400, detail=f"learning_rate must be a positive number, got {learning_rate!r}"
+        )
 
     def start():
         return AsyncTask.run("train", request=request, params=params, force_sync=run_sync, enqueue=enqueue)
@@ -339,11 +349,13 @@ api.include_router(
     labels.make_router(lambda: app_instance().label_values(), lambda: app_instance().label_names())
 )
 api.include_router(versions.make_router(lambda model: app_instance().version_store(model)))
+api.include_router(uploads.make_router())
 
 # (method, path) served by `api`; everything else goes to MONAI Label's app
 _OURS = (
     ("POST", re.compile(r"^/(infer|train)/[^/]+/?$")),
     ("PUT", re.compile(r"^/datastore/label/?$")),
+    ("PUT", re.compile(r"^/datastore/(image/?)?$")),
     ("GET", re.compile(r"^/model/versions/[^/]+/?$")),
     ("POST", re.compile(r"^/model/versions/[^/]+/(promote|rollback)/?$")),
 )

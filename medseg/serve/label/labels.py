@@ -16,7 +16,6 @@ The checks (:func:`check_label`) import neither fastapi nor monailabel; :func:`m
 builds the route in the MONAI Label venv.
 """
 
-
 import json
 import logging
 import os

@@ -28,7 +28,6 @@ This module imports neither monailabel nor fastapi at import time, so that the c
 test the store and the rule.
 """
 
-
 import hashlib
 import json
 import logging
