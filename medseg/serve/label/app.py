@@ -8,13 +8,16 @@ there as the app class. Differences from MONAI Label's stock ``monaibundle`` app
   nothing is downloaded from a model zoo;
 * :class:`MedsegInferTask` builds the bundle's transforms under a lock (MONAI's ConfigParser is
   not thread safe) so inferences may run in several threads, loads weights strictly, and
-  uses the newest fine-tuned version (``models/model-ftNNN-<time>.pt``) unless the request names
-  one (``model_filename``);
+  uses the serving version (``model.pt`` or a promoted ``models/model-ftNNN-<time>.pt``) unless the
+  request names one (``model_filename``);
 * :class:`MedsegTrainTask` runs the bundle's own ``train.json`` with the datastore's labelled
-  images, writes its checkpoints into a run folder of the served copy and publishes the result
-  as a new version file: ``models/model.pt`` is never overwritten;
+  images outside the recorded validation part, writes its checkpoints into a run folder of the
+  served copy and publishes the result as a new version file (``models/model.pt`` is never
+  overwritten); the version serves only if its Dice on the validation part is not below the
+  serving version's (:mod:`medseg.serve.label.versions`);
 * the local datastore never writes through a link into the mirrored studies, and the DICOMweb
-  datastore converts series with medseg's strict loader (no dcmqi download, no ITK conversion).
+  datastore converts series with medseg's strict loader (no dcmqi download, no ITK conversion),
+  stores final labels as DICOM SEGs written by medseg and reads them back with medseg's reader.
 
 Written against monailabel 0.8.5. Where its classes expose no public accessor (the task tables
 of the app, the DICOMweb client of the datastore) this module wraps them, in the adapter methods
@@ -72,6 +75,7 @@ __all__ = [
     "weight_versions",
     "latest_weights",
     "resolve_weights",
+    "channel_def",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,9 +138,8 @@ class MedsegInferTask(BundleInferTask):
             # stock list here, sorted by name length, would always pick model.pt)
             self._config["model_filename"] = LATEST
 
-    def _channel_def(self) -> dict[str, str]:
-        meta = json.loads((Path(self.bundle_path) / "configs" / "metadata.json").read_text())
-        return meta["network_data_format"]["outputs"]["pred"].get("channel_def", {})
+    def _channel_def(self) -> dict[int, str]:
+        return channel_def(self.bundle_path)
 
     def is_valid(self) -> bool:
         return bool(self.valid) and latest_weights(self.bundle_path).is_file()
@@ -196,6 +199,13 @@ class MedsegInferTask(BundleInferTask):
         result_json["weights"] = data.get("medseg_weights", "")
         result_json["bundle"] = os.path.basename(self.bundle_path)
         return result_file, result_json
+
+
+def channel_def(bundle_path: str | os.PathLike) -> dict[int, str]:
+    """Label values and names of a bundle (``channel_def`` of its prediction in metadata.json)."""
+    meta = json.loads((Path(bundle_path) / "configs" / "metadata.json").read_text())
+    channels = meta["network_data_format"]["outputs"]["pred"].get("channel_def", {})
+    return {int(k): str(v) for k, v in channels.items()}
 
 
 def _image_id(path: str) -> str:
@@ -529,10 +539,9 @@ class MedsegDICOMWebDatastore(DICOMWebDatastore):
 
     def _label_from_seg(self, image_id: str, seg_uid: str) -> str:
         """The label map of a SEG series as NIfTI on its image's grid, in the cache (converted once)."""
-        import nibabel as nib
         from monailabel.datastore.utils.dicom import dicom_web_download_series
 
-        from medseg.serve.label.labels import seg_to_labelmap
+        from medseg.serve.label.labels import as_image_nifti, seg_to_labelmap
 
         final = DefaultLabelTag.FINAL.value
         label_nii = os.path.realpath(os.path.join(self._datastore.label_path(final), f"{image_id}.nii.gz"))
@@ -543,19 +552,9 @@ class MedsegDICOMWebDatastore(DICOMWebDatastore):
         with tempfile.TemporaryDirectory(prefix="medseg-seg-") as tmp:
             dicom_web_download_series(None, seg_uid, tmp, self.client, self.fetch_by_frame)
             seg_files = sorted(str(p) for p in Path(tmp).rglob("*") if p.is_file())
-            names = {}
-            if self.seg_bundle_path:
-                meta = json.loads((Path(self.seg_bundle_path) / "configs" / "metadata.json").read_text())
-                names = {
-                    int(k): v
-                    for k, v in meta["network_data_format"]["outputs"]["pred"].get("channel_def", {}).items()
-                }
+            names = channel_def(self.seg_bundle_path) if self.seg_bundle_path else {}
             label = seg_to_labelmap(seg_files[0], self.series_dir(image_id), names)
-            image = nib.load(image_nii)
-            header = image.header.copy()
-            header.set_data_dtype(np.uint8)
-            converted = os.path.join(tmp, f"{image_id}.nii.gz")
-            nib.save(nib.Nifti1Image(label.astype(np.uint8), image.affine, header), converted)
+            converted = as_image_nifti(label, image_nii, os.path.join(tmp, "label.dcm"))
             LocalDatastore.save_label(self, image_id, converted, final, {"SeriesInstanceUID": seg_uid})
         logger.info("label of %s read from SEG series %s", image_id, seg_uid)
         return label_nii
@@ -635,10 +634,8 @@ class MedsegLabelApp(MONAILabelApp):
         """Label values and names of the served bundles (the first bundle names a shared value)."""
         names: dict[int, str] = {}
         for name in self.bundle_names:
-            meta = json.loads((self.model_dir / name / "configs" / "metadata.json").read_text())
-            channels = meta["network_data_format"]["outputs"]["pred"].get("channel_def", {})
-            for value, label in channels.items():
-                names.setdefault(int(value), str(label))
+            for value, label in channel_def(self.model_dir / name).items():
+                names.setdefault(value, label)
         return names or {0: "background"}
 
     def label_values(self) -> set[int]:
