@@ -22,8 +22,9 @@ Steps (each checked; the first failed check stops it with a message and exit cod
    ``GET /model/versions/<model>``: the new version is served only if its Dice on the
    validation part is not below the serving version's -> inference uses the serving version;
 5. with ``--worse``: a deliberately worse candidate (fine-tuned with a learning rate that wrecks
-   the weights) is kept as a candidate and not served; an admin promotes it by hand and rolls
-   back.
+   the weights) is kept as a candidate and not served; an admin promotes it by hand, a version
+   fine-tuned next (from the shipped weights) is better and promoted automatically, and two
+   rollbacks restore the worse one and then the version that served before it.
 
 A JSON report (``--report``) lists every step with its timing and results.
 """
@@ -335,7 +336,7 @@ class Loop:
         check(result["serving"] == result["serving_before"], "the wrecked candidate serves")
         check(result["dice"] < result["serving_dice"], f"the wrecked candidate scored {result['dice']}")
         self.report["worse"] = result
-        # an admin may still promote it by hand, and roll back
+        # an admin may still promote it by hand; a better version trained next is promoted automatically
         resp = requests.post(
             f"{self.url}/model/versions/{self.model}/promote", json={"weights": result["weights"]}, timeout=60
         )
@@ -343,11 +344,22 @@ class Loop:
             resp.status_code == 200 and resp.json()["serving"] == result["weights"],
             f"promote: {resp.text[:300]}",
         )
-        resp = requests.post(f"{self.url}/model/versions/{self.model}/rollback", timeout=60)
-        check(
-            resp.status_code == 200 and resp.json()["serving"] == result["serving_before"],
-            f"rollback: {resp.text[:300]}",
+        better = self.train(
+            {"max_epochs": epochs, "model_filename": "model.pt"},
+            "from the shipped weights while the worse one serves",
         )
+        check(
+            better["decision"] == "promoted",
+            f"a version better than the serving one was {better['decision']}",
+        )
+        self.report["better"] = better
+        # roll back twice: to the worse version, then to what served before it
+        for expected in (result["weights"], result["serving_before"]):
+            resp = requests.post(f"{self.url}/model/versions/{self.model}/rollback", timeout=60)
+            check(
+                resp.status_code == 200 and resp.json()["serving"] == expected,
+                f"rollback: {resp.status_code} {resp.text[:300]} (expected {expected})",
+            )
         resp = requests.post(
             f"{self.url}/model/versions/{self.model}/promote", json={"weights": "nope.pt"}, timeout=60
         )

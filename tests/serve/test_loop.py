@@ -1,10 +1,11 @@
 """The clinicians' loop through MONAI Label's own client (workflows/label_loop.py) on a local datastore.
 
 ``medseg serve`` starts on an EMPTY studies folder; the client uploads real hippocampus images
-(broken uploads are refused), wrong labels are refused, every image is labelled (next sample -> infer -> submit the corrected
-label), the model is fine-tuned (one epoch) and the new version is promoted only if it is no
+(broken uploads are refused), wrong labels are refused, every image is labelled (next sample ->
+infer -> submit the corrected label), the model is fine-tuned (one epoch) and the new version is promoted only if it is no
 worse on the held-out validation part; then a deliberately worse candidate (a wrecking learning
-rate) must not be served, and an admin promotes it by hand and rolls back.
+rate) must not be served; an admin promotes it by hand, the next, better version is promoted
+automatically, and two rollbacks restore what served before.
 """
 
 from __future__ import annotations
@@ -110,8 +111,17 @@ def test_loop_through_the_client_on_an_empty_local_datastore(tmp_path: Path, sha
     statuses = {v["weights"]: v["status"] for v in report["versions"]["versions"]}
     assert statuses[worse["weights"]] == "candidate"
     # decisions and changes of the serving version are in the log files and the server log
-    events = [json.loads(line)["event"] for line in (models / "serving-log.jsonl").read_text().splitlines()]
-    assert events[-2:] == ["promoted", "rolled back"]
+    events = [json.loads(line) for line in (models / "serving-log.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["weights"]) for e in events[-4:]] == [
+        ("promoted", worse["weights"]),
+        ("promoted", report["better"]["weights"]),
+        ("rolled back", worse["weights"]),
+        ("rolled back", worse["serving_before"]),
+    ]
+    assert events[-3]["by"] == "training" and "Dice" in events[-3]["reason"]
+    # a version better than the serving one was promoted automatically
+    assert report["better"]["decision"] == "promoted"
+    assert report["better"]["dice"] >= report["better"]["serving_dice"]
     assert f"{worse['weights']}: kept as candidate" in log
     # shipped and served base weights untouched; nothing written into the studies folder
     assert sha256(REPO_ROOT / "bundles" / bundle / "models" / "model.pt") == shipped
