@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -62,7 +61,6 @@ SHIPPED = "model.pt"
 VERSION_FILE = re.compile(r"^model-ft(\d{3,})-(\d{8}T\d{6})\.pt$")
 VALIDATION_FRACTION = 0.2
 MIN_LABELLED_FOR_VALIDATION = 3  # fewer: everything trains, nothing is promoted automatically
-_LOCK = threading.Lock()
 
 
 class VersionError(MedsegError):
@@ -177,6 +175,12 @@ class VersionStore:
         self.models = self.bundle_path / "models"
 
     # -- files
+    def _lock(self) -> Any:
+        """A lock across threads and processes (the server and its training jobs both change versions)."""
+        from filelock import FileLock
+
+        return FileLock(str(self.models / ".versions.lock"))
+
     @property
     def log_path(self) -> Path:
         return self.models / "versions.jsonl"
@@ -225,7 +229,7 @@ class VersionStore:
 
     def add_record(self, record: dict[str, Any]) -> None:
         """Append a published version's record (weights, scores, decision)."""
-        with _LOCK, open(self.log_path, "a") as fp:
+        with self._lock(), open(self.log_path, "a") as fp:
             fp.write(json.dumps(record) + "\n")
 
     # -- serving
@@ -273,7 +277,7 @@ class VersionStore:
                 f"{name!r} is not a weights version of {self.bundle_path.name}; "
                 f"choose one of: {', '.join(self.names())}"
             )
-        with _LOCK:
+        with self._lock():
             state = self._state()
             previous = state["stack"][-1]
             if previous != name:
@@ -295,7 +299,7 @@ class VersionStore:
         Raises:
             VersionError: nothing was promoted, so there is nothing to go back to.
         """
-        with _LOCK:
+        with self._lock():
             state = self._state()
             if len(state["stack"]) < 2:
                 raise VersionError(
