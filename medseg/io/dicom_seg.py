@@ -95,6 +95,11 @@ def _series_description(bundle_name: str) -> str:
     return _fit(f"{bundle_name} SEG", 64 - len(suffix)) + suffix
 
 
+def _described(text: str) -> str:
+    suffix = f" - {RESEARCH_ONLY}"
+    return text if RESEARCH_ONLY in text else _fit(text, 64 - len(suffix)) + suffix
+
+
 def write_seg(
     labelmap: np.ndarray,
     source_meta: Mapping[str, Any],
@@ -104,6 +109,8 @@ def write_seg(
     algorithm_name: str,
     algorithm_version: str,
     software_versions: str,
+    algorithm_type: str = "AUTOMATIC",
+    series_description: str | None = None,
 ) -> dict[str, str]:
     """Write an (I, J, K) label map on a DICOM series' grid as a DICOM SEG referencing that series.
 
@@ -117,6 +124,10 @@ def write_seg(
         algorithm_name: algorithm name (the bundle's name).
         algorithm_version: algorithm version (the bundle's version).
         software_versions: software version string (e.g. ``"medseg 0.1.0"``).
+        algorithm_type: ``AUTOMATIC`` (a model's output) or ``SEMIAUTOMATIC`` (a model's output a
+            person corrected, e.g. a label submitted to MONAI Label).
+        series_description: the SEG series' description (default: ``<algorithm> SEG - research use
+            only, ...``); "research use only" is appended when missing.
 
     Returns:
         ``series_instance_uid`` and ``sop_instance_uid`` of the SEG.
@@ -186,7 +197,7 @@ def write_seg(
             segment_label=_fit(spec.label),
             segmented_property_category=spec.category.coded(),
             segmented_property_type=spec.type.coded(),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type.upper()],
             algorithm_identification=algorithm,
         )
         if spec.modifiers:
@@ -220,9 +231,13 @@ def write_seg(
             manufacturer_model_name=_fit(f"medseg {algorithm_name}"),
             software_versions=_fit(software_versions),
             device_serial_number="0",
-            content_description=_fit(f"Automatic segmentation; {RESEARCH_ONLY}"),
+            content_description=_fit(
+                f"{'Automatic' if algorithm_type.upper() == 'AUTOMATIC' else 'Corrected'} segmentation; {RESEARCH_ONLY}"
+            ),
             content_label="RESEARCH_ONLY",
-            series_description=_series_description(algorithm_name),
+            series_description=_series_description(algorithm_name)
+            if series_description is None
+            else _described(series_description),
             omit_empty_frames=not empty,  # an all-empty SEG keeps its frames: it must have at least one
         )
 

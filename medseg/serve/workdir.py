@@ -304,8 +304,10 @@ def mirror_studies(studies: str | os.PathLike, datastore: str | os.PathLike) -> 
 
     Links and converted files of earlier runs that no longer match the source are removed.
 
+    An empty folder gives an empty datastore (images can be uploaded from a client).
+
     Raises:
-        InputError: the folder does not exist or holds no image at all.
+        InputError: the folder does not exist.
     """
     src = Path(studies).resolve()
     store = Path(datastore)
@@ -320,9 +322,8 @@ def mirror_studies(studies: str | os.PathLike, datastore: str | os.PathLike) -> 
     else:
         _mirror_folder(src, store, report)
     if not report.images:
-        raise InputError(
-            f"no image in {src}: give a folder with NIfTI/NRRD files or DICOM series, or an MSD task folder"
-        )
+        # an empty folder is a valid start: clinicians upload images from 3D Slicer (PUT /datastore/image)
+        logger.info("no image in %s yet: the datastore starts empty (upload images from a client)", src)
     # drop what an earlier run mirrored and the source no longer has: our links and conversions only,
     # never a file a client added through the API
     keep = set(report.images)

@@ -67,11 +67,17 @@ def test_mirror_msd_links_images_and_copies_labels(hippocampus_dir: Path, tmp_pa
 def test_mirror_refuses_bad_studies(tmp_path: Path):
     with pytest.raises(InputError, match="does not exist"):
         mirror_studies(tmp_path / "missing", tmp_path / "ds")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no image"):
-        mirror_studies(tmp_path / "empty", tmp_path / "ds")
     with pytest.raises(ConfigError, match="inside the studies"):
         mirror_studies(tmp_path, tmp_path / "ds")
+
+
+def test_an_empty_studies_folder_gives_an_empty_datastore(tmp_path: Path):
+    # clinicians upload images from 3D Slicer: an empty folder is a valid start (stock MONAI Label accepts it)
+    (tmp_path / "empty").mkdir()
+    report = mirror_studies(tmp_path / "empty", tmp_path / "ds")
+    assert report.images == [] and report.labels == []
+    assert (tmp_path / "ds").is_dir() and not any((tmp_path / "ds").iterdir())
+    assert not any((tmp_path / "empty").iterdir())
 
 
 def test_prepare_copies_bundles_and_rejects_unknown_ones(tmp_path: Path):

@@ -282,7 +282,9 @@ def test_20_concurrent_infers_succeed_and_info_stays_responsive(served, cases):
 
 
 @pytest.mark.timeout(1800)
-def test_train_writes_a_new_weights_version_and_keeps_shipped_weights(served, hippocampus_dir: Path, cases):
+def test_train_writes_a_new_weights_version_and_serves_it_only_if_no_worse(
+    served, hippocampus_dir: Path, cases
+):
     url, model = served["url"], served["names"][0]
     served_models = served["prepared"].app_dir / "model" / model / "models"
     served_before = sha256(served_models / "model.pt")
@@ -303,13 +305,21 @@ def test_train_writes_a_new_weights_version_and_keeps_shipped_weights(served, hi
     for name, digest in served["shipped"].items():
         assert sha256(REPO_ROOT / "bundles" / name / "models" / "model.pt") == digest
     assert sha256(served_models / "model.pt") == served_before
+    # the new version serves only if it scored no worse than model.pt on the held-out validation part
+    listed = call("GET", f"{url}/model/versions/{model}").json()
+    record = next(v for v in listed["versions"] if v["weights"] == versions[0].name)
+    assert record["decision"] in ("promoted", "kept as candidate"), record
+    assert (record["decision"] == "promoted") == (record["dice"] >= record["serving_dice"]), record
+    serving = versions[0].name if record["decision"] == "promoted" else "model.pt"
+    assert listed["serving"] == serving
+    assert listed["validation_images"] and not set(listed["validation_images"]) & set(cases["fold0"])
     info = call("GET", f"{url}/info/").json()
-    assert info["models"][model]["weights"] == versions[0].name
-    # inference uses the new version and still gives a label map on the image grid
+    assert info["models"][model]["weights"] == serving
+    # inference uses the serving version and still gives a label map on the image grid
     image_path = hippocampus_dir / "imagesTr" / f"{cases['fold0'][0]}.nii.gz"
     resp = _upload(url, model, image_path, output="json")
     assert resp.status == 200, resp.detail
-    assert resp.json()["weights"] == versions[0].name
+    assert resp.json()["weights"] == serving
     resp = _upload(url, model, image_path)
     assert resp.status == 200, resp.detail
     pred, _ = read_nifti_bytes(resp.body)

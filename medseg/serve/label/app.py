@@ -8,13 +8,16 @@ there as the app class. Differences from MONAI Label's stock ``monaibundle`` app
   nothing is downloaded from a model zoo;
 * :class:`MedsegInferTask` builds the bundle's transforms under a lock (MONAI's ConfigParser is
   not thread safe) so inferences may run in several threads, loads weights strictly, and
-  uses the newest fine-tuned version (``models/model-ftNNN-<time>.pt``) unless the request names
-  one (``model_filename``);
+  uses the serving version (``model.pt`` or a promoted ``models/model-ftNNN-<time>.pt``) unless the
+  request names one (``model_filename``);
 * :class:`MedsegTrainTask` runs the bundle's own ``train.json`` with the datastore's labelled
-  images, writes its checkpoints into a run folder of the served copy and publishes the result
-  as a new version file: ``models/model.pt`` is never overwritten;
+  images outside the recorded validation part, writes its checkpoints into a run folder of the
+  served copy and publishes the result as a new version file (``models/model.pt`` is never
+  overwritten); the version serves only if its Dice on the validation part is not below the
+  serving version's (:mod:`medseg.serve.label.versions`);
 * the local datastore never writes through a link into the mirrored studies, and the DICOMweb
-  datastore converts series with medseg's strict loader (no dcmqi download, no ITK conversion).
+  datastore converts series with medseg's strict loader (no dcmqi download, no ITK conversion),
+  stores final labels as DICOM SEGs written by medseg and reads them back with medseg's reader.
 
 Written against monailabel 0.8.5. Where its classes expose no public accessor (the task tables
 of the app, the DICOMweb client of the datastore) this module wraps them, in the adapter methods
@@ -29,10 +32,8 @@ is upgraded.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -40,11 +41,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
@@ -55,6 +58,13 @@ import medseg
 from medseg.bundle.core import open_bundle
 from medseg.bundle.loader import load_weights
 from medseg.io.atomic import atomic_copy
+from medseg.serve.label.versions import (
+    VERSION_FILE,
+    VersionStore,
+    bundle_test_fold,
+    mean_dice,
+    should_promote,
+)
 
 __all__ = [
     "MedsegLabelApp",
@@ -69,8 +79,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VERSION_FILE = re.compile(r"^model-ft(\d{3,})-(\d{8}T\d{6})\.pt$")
-LATEST = "latest"
+LATEST = "latest"  # the option name clients know: the serving version (see medseg.serve.label.versions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,26 +88,24 @@ LATEST = "latest"
 
 def weight_versions(bundle_path: str | os.PathLike) -> list[Path]:
     """Fine-tuned weight files of a served bundle, oldest first."""
-    models = Path(bundle_path) / "models"
-    found = [(int(m.group(1)), p) for p in models.glob("model-ft*.pt") if (m := VERSION_FILE.match(p.name))]
-    return [p for _, p in sorted(found)]
+    return VersionStore(bundle_path).fine_tuned()
 
 
 def latest_weights(bundle_path: str | os.PathLike) -> Path:
-    """The newest fine-tuned version, else the shipped ``models/model.pt``."""
-    versions = weight_versions(bundle_path)
-    return versions[-1] if versions else Path(bundle_path) / "models" / "model.pt"
+    """The serving weights: the shipped ``models/model.pt`` until a fine-tuned version is promoted."""
+    return VersionStore(bundle_path).serving_path_file()
 
 
 def resolve_weights(bundle_path: str | os.PathLike, name: Any) -> Path:
-    """The weights file a request asks for: ``latest`` (default), ``model.pt`` or a version file name.
+    """The weights file a request asks for: ``latest`` (the serving version, default), ``model.pt`` or a
+    version file name.
 
     Raises:
         MONAILabelException(INVALID_INPUT): an unknown name, or one that is not a plain file name.
     """
     if isinstance(name, (list, tuple)):  # the client sent the option list back unchanged
         name = name[0] if name else LATEST
-    if name in (None, "", LATEST):
+    if name in (None, "", LATEST, "serving"):
         return latest_weights(bundle_path)
     name = str(name)
     models = Path(bundle_path) / "models"
@@ -111,12 +118,6 @@ def resolve_weights(bundle_path: str | os.PathLike, name: Any) -> Path:
         MONAILabelError.INVALID_INPUT,
         f"model_filename {name!r} is not a weights file of this model; choose one of: {choices}",
     )
-
-
-def _next_version(bundle_path: Path) -> Path:
-    versions = weight_versions(bundle_path)
-    number = int(VERSION_FILE.match(versions[-1].name).group(1)) + 1 if versions else 1
-    return bundle_path / "models" / f"model-ft{number:03d}-{time.strftime('%Y%m%dT%H%M%S')}.pt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,12 +197,28 @@ class MedsegInferTask(BundleInferTask):
         return result_file, result_json
 
 
+def _image_id(path: str) -> str:
+    name = os.path.basename(str(path))
+    for suffix in (".nii.gz", ".nii", ".nrrd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 class MedsegTrainTask(BundleTrainTask):
-    """Fine-tune with the bundle's train.json; publish the result as a new weights version."""
+    """Fine-tune with the bundle's train.json on the labels outside the validation part; publish the
+    result as a new weights version and promote it only if it scores no worse than the serving one.
+
+    Request options beyond the stock ones: ``learning_rate`` (overrides the bundle's, when it has one).
+    """
 
     def __init__(self, path: str, conf: dict[str, str]) -> None:
         super().__init__(path, conf, load_strict=True)
+        self._conf = dict(conf)
         self._run_dir: Path | None = None
+        self._request: dict[str, Any] = {}
+        self._validation: list[str] = []
+        self.versions = VersionStore(path)
 
     def config(self) -> dict[str, Any]:
         config = super().config()
@@ -213,10 +230,14 @@ class MedsegTrainTask(BundleTrainTask):
         return config
 
     def _partition_datalist(self, datalist, request, shuffle=False):
-        train, val = super()._partition_datalist(datalist, request, shuffle=shuffle)
-        if val is not None and not val and len(datalist) >= 2 and request.get("val_split", 0.2) > 0:
-            train, val = datalist[:-1], datalist[-1:]  # validation needs one case: it saves the weights
-        return train, val
+        """Fine-tune on the labelled images outside the recorded validation part.
+
+        The bundle's own validation (which decides when it saves weights) runs on the last
+        fine-tuning image: the validation part stays unseen until the promotion decision.
+        """
+        held_out = set(self._validation)
+        train = [d for d in datalist if _image_id(d["image"]) not in held_out]
+        return train, train[-1:]
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
         assert self._run_dir is not None
@@ -231,10 +252,60 @@ class MedsegTrainTask(BundleTrainTask):
         if isinstance(val_interval, int):
             # the bundle saves its weights when it validates: validate at least at the last epoch
             overrides["val_interval"] = max(1, min(val_interval, max_epochs))
+        learning_rate = self._request.get("learning_rate")
+        if learning_rate is not None and "learning_rate" in self.bundle_config:
+            overrides["learning_rate"] = float(learning_rate)
         return overrides
+
+    def _score(self, weights: str, items: list[dict[str, str]]) -> float:
+        """Mean Dice of ``weights`` over the validation items (image and label files)."""
+        from medseg.io.image import read_image
+
+        task = MedsegInferTask(self.bundle_path, self._conf)
+        foreground = [v for v in task.label_names if v != 0]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        scores = []
+        for item in items:
+            result_file, _ = task({"image": item["image"], "model_filename": weights, "device": device})
+            try:
+                pred, _ = read_image(result_file)
+            finally:
+                if result_file and os.path.exists(result_file):
+                    os.unlink(result_file)
+            truth, _ = read_image(item["label"])
+            pred = np.rint(np.squeeze(np.asarray(pred))).astype(int)
+            truth = np.rint(np.squeeze(np.asarray(truth))).astype(int)
+            scores.append(mean_dice(pred, truth, foreground))
+        return float(np.mean(scores))
+
+    def _decide(self, candidate: str, items: list[dict[str, str]]) -> dict[str, Any]:
+        """Score the candidate and the serving version on the validation part; promote or keep."""
+        serving = self.versions.serving()
+        if not items:
+            return {
+                "decision": "kept as candidate",
+                "reason": "no validation images (at least 3 labelled images outside the test fold are needed): "
+                "promote it by hand after checking it",
+                "serving_weights": serving,
+            }
+        candidate_dice = self._score(candidate, items)
+        serving_dice = self._score(serving, items)
+        promote = should_promote(candidate_dice, serving_dice)
+        reason = (
+            f"Dice {candidate_dice:.4f} {'>=' if promote else '<'} {serving_dice:.4f} of {serving} "
+            f"on {len(items)} validation images"
+        )
+        return {
+            "decision": "promoted" if promote else "kept as candidate",
+            "reason": reason,
+            "dice": round(candidate_dice, 6),
+            "serving_weights": serving,
+            "serving_dice": round(serving_dice, 6),
+        }
 
     def __call__(self, request, datastore):
         request = dict(request)
+        self._request = request
         start = resolve_weights(self.bundle_path, request.get("model_filename"))
         request["model_filename"] = start.name
         request.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
@@ -242,33 +313,50 @@ class MedsegTrainTask(BundleTrainTask):
         stamp = time.strftime("%Y%m%dT%H%M%S")
         self._run_dir = Path(self.bundle_path) / "runs" / f"finetune-{stamp}"
         (self._run_dir / "ckpt").mkdir(parents=True, exist_ok=True)
-        labelled = len(datastore.datalist())
-        if labelled < 2:
+        datalist = datastore.datalist()
+        by_id = {_image_id(d["image"]): d for d in datalist}
+        self._validation = self.versions.update_validation(by_id, bundle_test_fold(self.bundle_path))
+        fine_tune = len(datalist) - len(self._validation)
+        if fine_tune < 2:
             raise MONAILabelException(
                 MONAILabelError.INVALID_INPUT,
-                f"training needs at least 2 labelled images, the datastore has {labelled}",
+                f"training needs at least 2 labelled images to fine-tune on, the datastore has {len(datalist)} "
+                f"({len(self._validation)} held out for validation)",
             )
+        logger.info(
+            "fine-tuning %s from %s on %d images; validation part (held out): %s",
+            os.path.basename(self.bundle_path),
+            start.name,
+            fine_tune,
+            ", ".join(self._validation) or "none",
+        )
         super().__call__(request, datastore)
         best = self._run_dir / "ckpt" / "model.pt"
         if not best.is_file():
             raise MONAILabelException(
                 MONAILabelError.APP_TRAIN_FAILED, f"training ended without saving weights in {best.parent}"
             )
-        dest = _next_version(Path(self.bundle_path))
+        dest = self.versions.next_version_path()
         atomic_copy(best, dest)
+        logger.info("published fine-tuned weights %s", dest)
+        decision = self._decide(dest.name, [by_id[i] for i in self._validation])
         record = {
             "weights": dest.name,
             "started_from": start.name,
             "max_epochs": request.get("max_epochs"),
-            "labelled_images": labelled,
+            "learning_rate": request.get("learning_rate"),
+            "labelled_images": len(datalist),
+            "fine_tuned_on": fine_tune,
+            "validation_images": list(self._validation),
+            **decision,
             "run_dir": str(self._run_dir),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        log = Path(self.bundle_path) / "models" / "versions.jsonl"
-        with open(log, "a") as fp:
-            fp.write(json.dumps(record) + "\n")
-        logger.info("published fine-tuned weights %s", dest)
-        return record
+        self.versions.add_record(record)
+        logger.info("%s: %s (%s)", dest.name, decision["decision"], decision["reason"])
+        if decision["decision"] == "promoted":
+            self.versions.promote(dest.name, by="training", reason=decision["reason"])
+        return {k: v for k, v in record.items() if k != "run_dir"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +392,8 @@ class MedsegDICOMWebDatastore(DICOMWebDatastore):
         cache_path: where series are downloaded and converted.
         fetch_by_frame: fetch instances frame by frame (kept as :attr:`fetch_by_frame`).
         convert_to_nifti: as in :class:`DICOMWebDatastore`.
+        seg_bundle_path: the served bundle whose label names and codes a submitted label's SEG
+            carries (and whose names map a SEG's segments back to label values).
     """
 
     def __init__(
@@ -313,7 +403,9 @@ class MedsegDICOMWebDatastore(DICOMWebDatastore):
         cache_path: str | None = None,
         fetch_by_frame: bool = False,
         convert_to_nifti: bool = True,
+        seg_bundle_path: str | None = None,
     ) -> None:
+        self.seg_bundle_path = seg_bundle_path
         super().__init__(
             client=client,
             search_filter=search_filter,
@@ -353,6 +445,117 @@ class MedsegDICOMWebDatastore(DICOMWebDatastore):
                 finally:
                     shutil.rmtree(part, ignore_errors=True)
         return image_dir
+
+    # -- labels: DICOM SEG written by medseg, read back with medseg's reader (no dcmqi)
+    def save_label(
+        self,
+        image_id: str,
+        label_filename: str,
+        label_tag: str,
+        label_info: dict[str, Any],
+        label_id: str = "",
+    ) -> str:
+        """Store a final label as a DICOM SEG on the DICOMweb server (STOW-RS) and keep it in the cache.
+
+        The label (NIfTI on the image's grid, checked by :mod:`medseg.serve.label.labels`) becomes a
+        SEG written by medseg with the bundle's label names and codes, referencing the source series;
+        other tags (e.g. a client's drafts) stay in the local cache only, as in stock MONAI Label.
+        """
+        from medseg.serve.label.seg_output import label_file_to_seg
+
+        self.get_image_uri(image_id)
+        info = dict(label_info or {})
+        if label_tag == DefaultLabelTag.FINAL:
+            if not self.seg_bundle_path:
+                raise MONAILabelException(
+                    MONAILabelError.APP_INIT_ERROR, "no bundle to code the label's SEG with"
+                )
+            with tempfile.TemporaryDirectory(prefix="medseg-label-seg-") as tmp:
+                seg_path = os.path.join(tmp, "label-seg.dcm")
+                uids = label_file_to_seg(
+                    label_filename,
+                    self.series_dir(image_id),
+                    seg_path,
+                    bundle_path=self.seg_bundle_path,
+                    corrected=True,
+                )
+                self.store_instances([seg_path])
+            info["SeriesInstanceUID"] = uids["series_instance_uid"]
+            logger.info(
+                "label of %s stored on the DICOMweb server as SEG series %s",
+                image_id,
+                uids["series_instance_uid"],
+            )
+        return LocalDatastore.save_label(self, image_id, label_filename, label_tag, info)
+
+    def _seg_labels(self) -> dict[str, str]:
+        """The newest label SEG series of each listed image series: ``{image series uid: SEG series uid}``.
+
+        A SEG is a label when it references a listed series and is not a model's output (medseg's
+        inference SEGs are marked AUTOMATIC; those are results, not ground truth).
+        """
+        from pydicom.dataset import Dataset
+
+        images = set(self.list_images())
+        found: dict[str, tuple[str, str]] = {}
+        for item in self.client.search_for_series(search_filters={"Modality": "SEG"}):
+            seg = Dataset.from_json(item)
+            study, series = str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID)
+            meta = Dataset.from_json(self.client.retrieve_series_metadata(study, series)[0])
+            referenced = meta.get("ReferencedSeriesSequence")
+            if not referenced:
+                continue
+            image = str(referenced[0].SeriesInstanceUID)
+            algorithm_types = {
+                str(s.get("SegmentAlgorithmType", "")) for s in meta.get("SegmentSequence", [])
+            }
+            if image not in images or (
+                str(meta.get("Manufacturer", "")) == "medseg" and algorithm_types == {"AUTOMATIC"}
+            ):
+                continue
+            stamp = f"{meta.get('ContentDate', '') or meta.get('SeriesDate', '')}{meta.get('ContentTime', '') or meta.get('SeriesTime', '')}"
+            if image not in found or stamp >= found[image][0]:
+                found[image] = (stamp, series)
+        return {image: series for image, (_, series) in found.items()}
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        return sorted(self._seg_labels())
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        if label_tag != DefaultLabelTag.FINAL or not image_id:
+            return LocalDatastore.get_label_uri(self, label_id, label_tag)
+        return self._label_from_seg(image_id, label_id)
+
+    def _label_from_seg(self, image_id: str, seg_uid: str) -> str:
+        """The label map of a SEG series as NIfTI on its image's grid, in the cache (converted once)."""
+        from monailabel.datastore.utils.dicom import dicom_web_download_series
+
+        from medseg.serve.label.labels import as_image_nifti, seg_to_labelmap
+
+        final = DefaultLabelTag.FINAL.value
+        label_nii = os.path.realpath(os.path.join(self._datastore.label_path(final), f"{image_id}.nii.gz"))
+        current = LocalDatastore.get_label_info(self, image_id, final) if os.path.exists(label_nii) else {}
+        if os.path.exists(label_nii) and current.get("SeriesInstanceUID") == seg_uid:
+            return label_nii
+        image_nii = self.get_image_uri(image_id)
+        with tempfile.TemporaryDirectory(prefix="medseg-seg-") as tmp:
+            dicom_web_download_series(None, seg_uid, tmp, self.client, self.fetch_by_frame)
+            seg_files = sorted(str(p) for p in Path(tmp).rglob("*") if p.is_file())
+            names = open_bundle(self.seg_bundle_path).labels if self.seg_bundle_path else {}
+            label = seg_to_labelmap(seg_files[0], self.series_dir(image_id), names)
+            converted = as_image_nifti(label, image_nii, os.path.join(tmp, "label.dcm"))
+            LocalDatastore.save_label(self, image_id, converted, final, {"SeriesInstanceUID": seg_uid})
+        logger.info("label of %s read from SEG series %s", image_id, seg_uid)
+        return label_nii
+
+    def _download_labeled_data(self):
+        labels = self._seg_labels()
+        final = DefaultLabelTag.FINAL.value
+        for stale in set(LocalDatastore.get_labeled_images(self)) - set(labels):
+            logger.info("label of %s is no longer on the DICOMweb server: removed from the cache", stale)
+            LocalDatastore.remove_label(self, stale, final)
+        for image_id, seg_uid in labels.items():
+            self._label_from_seg(image_id, seg_uid)
 
     def get_image_uri(self, image_id: str) -> str:
         from medseg.io import load_image, save_nifti
@@ -416,6 +619,30 @@ class MedsegLabelApp(MONAILabelApp):
         task = self._infers.get(name)
         return task if isinstance(task, MedsegInferTask) else None
 
+    def label_names(self) -> dict[int, str]:
+        """Label values and names of the served bundles (the first bundle names a shared value)."""
+        names: dict[int, str] = {}
+        for name in self.bundle_names:
+            for value, label in open_bundle(self.model_dir / name).labels.items():
+                names.setdefault(value, label)
+        return names or {0: "background"}
+
+    def label_values(self) -> set[int]:
+        """Values a submitted label may hold: those of the served bundles, background included."""
+        return set(self.label_names()) | {0}
+
+    def version_store(self, name: str) -> VersionStore:
+        """The weights versions of a served model.
+
+        Raises:
+            KeyError: not a served model (the message names the served ones).
+        """
+        if name not in self.bundle_names:
+            raise KeyError(
+                f"unknown model {name!r}; this server has: {', '.join(self.bundle_names) or 'none'}"
+            )
+        return VersionStore(self.model_dir / name)
+
     def init_infers(self):
         infers = {}
         for name in self.bundle_names:
@@ -465,6 +692,7 @@ class MedsegLabelApp(MONAILabelApp):
         )
         cache_path = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
         return MedsegDICOMWebDatastore(
+            seg_bundle_path=str(self.model_dir / self.bundle_names[0]) if self.bundle_names else None,
             client=client,
             search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
             cache_path=cache_path or None,

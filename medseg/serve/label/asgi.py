@@ -16,6 +16,13 @@ What changes against the stock server (monailabel 0.8.5):
 * ``POST /train/{model}`` answers 404 for an unknown model and 409 without enough labels, and
   never blocks the event loop; the train task writes a new weights version (see
   :mod:`medseg.serve.label.app`);
+* ``PUT /datastore/label`` checks a label against its image before anything is stored
+  (:mod:`medseg.serve.label.labels`); on a DICOMweb datastore the label is stored as a DICOM SEG
+  written by medseg; ``PUT /datastore/image`` takes only a readable 3-D NIfTI/NRRD under a plain
+  id (:mod:`medseg.serve.label.uploads`);
+* ``GET /model/versions/{model}``, ``POST /model/versions/{model}/promote`` and ``/rollback``
+  list the weights versions with their scores and change the serving one (admin only; see
+  :mod:`medseg.serve.label.versions`);
 * errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500;
 * with ``medseg serve --users``/``--auth-realm`` every route needs a login (:mod:`medseg.serve.label.auth`).
 
@@ -53,7 +60,7 @@ from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedsegError
 from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix
-from medseg.serve.label import auth, worker
+from medseg.serve.label import auth, labels, uploads, versions, worker
 from medseg.serve.label.worker import JobError, error_status
 
 __all__ = ["app", "api", "stock_app", "startup", "infer_pool"]
@@ -284,6 +291,15 @@ async def api_run_train(
     request = {"model": model}
     # the model comes from the URL; a "model" or "bundle_path" in the options would retarget the job
     params = {k: v for k, v in (params or {}).items() if k not in ("model", "bundle_path")}
+    learning_rate = params.get("learning_rate")
+    if learning_rate is not None and (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not learning_rate > 0
+    ):
+        raise HTTPException(
+            status_code=400, detail=f"learning_rate must be a positive number, got {learning_rate!r}"
+        )
 
     def start():
         return AsyncTask.run("train", request=request, params=params, force_sync=run_sync, enqueue=enqueue)
@@ -330,14 +346,32 @@ api.add_api_route(
     methods=["POST"],
     summary=f"{RBAC_ADMIN}Fine-tune a bundle with the datastore's labels (writes a new weights version)",
 )
-_OURS = re.compile(r"^/(infer|train)/[^/]+/?$")
+api.include_router(
+    labels.make_router(lambda: app_instance().label_values(), lambda: app_instance().label_names())
+)
+api.include_router(versions.make_router(lambda model: app_instance().version_store(model)))
+api.include_router(uploads.make_router())
+
+# (method, path) served by `api`; everything else goes to MONAI Label's app
+_OURS = (
+    ("POST", re.compile(r"^/(infer|train)/[^/]+/?$")),
+    ("PUT", re.compile(r"^/datastore/label/?$")),
+    ("PUT", re.compile(r"^/datastore/(image/?)?$")),
+    ("GET", re.compile(r"^/model/versions/[^/]+/?$")),
+    ("POST", re.compile(r"^/model/versions/[^/]+/(promote|rollback)/?$")),
+)
+
+
+def _is_ours(scope) -> bool:
+    method, path = scope.get("method"), scope.get("path", "")
+    return scope["type"] == "http" and any(method == m and pattern.match(path) for m, pattern in _OURS)
 
 
 async def app(scope, receive, send):
     """The ASGI app uvicorn runs: medseg's routes first, MONAI Label's for the rest."""
     if not _started:
         startup()
-    if scope["type"] == "http" and scope.get("method") == "POST" and _OURS.match(scope.get("path", "")):
+    if _is_ours(scope):
         await api(scope, receive, send)
     else:
         await stock_app(scope, receive, send)

@@ -1,4 +1,5 @@
-"""DICOM SEG of a served bundle's label map, for ``POST /infer/{model}?output=dicom_seg``.
+"""DICOM SEG of a served bundle's label map, for ``POST /infer/{model}?output=dicom_seg`` and for
+labels submitted to a DICOMweb datastore (``PUT /datastore/label``).
 
 The stock MONAI Label conversion codes every segment as spleen and shells out to dcmqi's
 ``itkimage2segimage``; here the project's writer (:func:`medseg.segment.write_seg`) writes one
@@ -27,6 +28,7 @@ def label_file_to_seg(
     *,
     bundle_path: str | os.PathLike,
     weights: str = "",
+    corrected: bool = False,
 ) -> dict[str, str]:
     """Write the DICOM SEG of a label file that lies on the grid of the series in ``series_dir``.
 
@@ -36,6 +38,9 @@ def label_file_to_seg(
         out_path: the SEG file to write.
         bundle_path: the served bundle (label names, codes, version).
         weights: the weights file used (recorded in the algorithm version).
+        corrected: the label map is a label a person submitted (``PUT /datastore/label``), not a
+            model's output: segments are SEMIAUTOMATIC and the series is described as a label, so
+            that the datastore tells labels from inference results.
 
     Returns:
         ``series_instance_uid`` and ``sop_instance_uid`` of the SEG.
@@ -66,4 +71,6 @@ def label_file_to_seg(
         algorithm_name=bundle.name,
         algorithm_version=version,
         software_versions=f"medseg {medseg.__version__}",
+        algorithm_type="SEMIAUTOMATIC" if corrected else "AUTOMATIC",
+        series_description=f"{bundle.name} label" if corrected else None,
     )

@@ -1,0 +1,94 @@
+"""medseg's ``PUT /datastore/image`` (and the older ``PUT /datastore/``): image uploads checked first.
+
+Why: 3D Slicer uploads the volume a clinician loaded (the MONAI Label client calls ``PUT
+/datastore/?image=ID``) and an empty datastore is filled this way. Stock MONAI Label stores any
+file under any id, and uses the id as a file name: ``image=../x`` would write outside the
+datastore, and a truncated file is stored and fails later, in inference or training. Here the
+id must be a plain name, the file a NIfTI or NRRD that reads as a 3-D image; otherwise 400 / 415 /
+422 with a message and the datastore is unchanged. The stored image is what stock MONAI Label
+stores (the datastore's ``add_image``).
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix, strip_image_suffix
+
+__all__ = ["IMAGE_ID", "image_id_of", "make_router"]
+
+IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def image_id_of(requested: str | None, filename: str) -> str:
+    """The datastore id of an upload: the requested one, else the file name without its image ending.
+
+    Raises:
+        ValueError: the id is not a plain name (letters, digits, ``.``, ``_``, ``-``; no path).
+    """
+    image_id = requested or strip_image_suffix(os.path.basename(filename))
+    if not IMAGE_ID.match(image_id) or ".." in image_id:
+        raise ValueError(
+            f"image id {image_id!r} is not a plain name: use letters, digits, '.', '_' and '-' (at most 128)"
+        )
+    return image_id
+
+
+def make_router() -> Any:
+    """The upload routes (MONAI Label venv only)."""
+    from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+    from monailabel.config import RBAC_ANNOTATOR, settings
+    from monailabel.endpoints.user.auth import RBAC, User
+    from monailabel.interfaces.utils.app import app_instance
+    from starlette.concurrency import run_in_threadpool
+
+    from medseg.serve.label.worker import JobError, check_image_file
+
+    router = APIRouter(prefix="/datastore", tags=["Datastore"])
+
+    def _store(image_id: str, path: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            check_image_file(path, name)
+        except JobError as exc:
+            raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+        return {"image": app_instance().datastore().add_image(image_id, path, params)}
+
+    async def api_add_image(
+        background_tasks: BackgroundTasks,
+        image: str | None = None,
+        params: str = Form("{}"),  # noqa: B008
+        file: UploadFile = File(...),  # noqa: B008
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),  # noqa: B008
+    ):
+        name = os.path.basename(file.filename or "image.nii.gz")
+        suffix = image_suffix(name)
+        if suffix not in SELF_CONTAINED_SUFFIXES:
+            raise HTTPException(
+                status_code=415,
+                detail=f"upload {name!r} is not a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file; convert it first "
+                "(medseg convert) or upload the series to the DICOMweb server",
+            )
+        try:
+            image_id = image_id_of(image, name)
+            save_params = json.loads(params) if params else {}
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        if not isinstance(save_params, dict):
+            raise HTTPException(status_code=400, detail="params must be a JSON object")
+        if user is not None and getattr(user, "username", None):
+            save_params["user"] = user.username
+        folder = tempfile.mkdtemp(prefix="medseg-upload-")
+        background_tasks.add_task(shutil.rmtree, folder, True)
+        path = str(Path(folder) / f"{image_id}{suffix}")
+        with open(path, "wb") as out:
+            shutil.copyfileobj(file.file, out)
+        return await run_in_threadpool(_store, image_id, path, name, save_params)
+
+    summary = f"{RBAC_ANNOTATOR}Upload a new image (checked: a readable 3-D NIfTI/NRRD under a plain id)"
+    router.add_api_route("/image", api_add_image, methods=["PUT"], summary=summary)
+    router.add_api_route("/", api_add_image, methods=["PUT"], summary=summary, include_in_schema=False)
+    return router
