@@ -30,6 +30,9 @@ __all__ = ["SCHEDULE_LENGTH_ATTRIBUTES", "TimeBudget", "format_duration"]
 
 logger = logging.getLogger(__name__)
 
+# weight of the newest iteration in the moving average of seconds per iteration
+SMOOTHING = 0.1
+
 # The attribute that holds the schedule's length in steps, by scheduler family: MONAI's
 # WarmupCosineSchedule (``t_total``), torch's PolynomialLR / LinearLR / ConstantLR
 # (``total_iters``) and CosineAnnealingLR (``T_max``). torch's chainable (recursive) forms
@@ -96,15 +99,16 @@ class TimeBudget:
         self.planned_iterations: int | None = None
         self.stopped_at_deadline = False
         self._first_iteration = 0
-        self._clock_iteration: int | None = None
-        self._clock_time = 0.0
-        self._iteration_start = 0.0
-        self._recent: float | None = None  # moving average of the latest iterations' compute time
+        self._clock_time = 0.0  # when the timed iterations began
+        self._last_completed = 0.0
+        self._recent: float | None = None  # moving average of the latest iterations' seconds
+        self._overhead = 0.0  # seconds spent at epoch ends (validation, checkpoints)
+        self._timed = 0
+        self._epoch_boundary = False
 
     def attach(self, engine: Engine) -> None:
         """Register the handler's events on the trainer."""
         engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_STARTED, self._iteration_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self._completed)
@@ -113,6 +117,7 @@ class TimeBudget:
 
     def _started(self, engine: Engine) -> None:
         self._first_iteration = engine.state.iteration  # a resumed run counts from its checkpoint
+        self._last_completed = time.time()
         left = self.deadline - time.time()
         engine.state.eta = "fitting"
         logger.info(
@@ -126,28 +131,21 @@ class TimeBudget:
             self.stopped_at_deadline = True
             engine.terminate()
 
-    def _iteration_started(self, engine: Engine) -> None:
-        self._iteration_start = time.time()
-
     def _iteration_completed(self, engine: Engine) -> None:
         now = time.time()
-        seconds = now - self._iteration_start
-        self._recent = seconds if self._recent is None else 0.7 * self._recent + 0.3 * seconds
-        done = engine.state.iteration - self._first_iteration
-        if done == self.warmup_iterations:
-            self._clock_iteration, self._clock_time = engine.state.iteration, now
-        elif (
-            self.planned_iterations is None
-            and self._clock_iteration is not None
-            and now - self._clock_time >= self.min_measure_seconds
-        ):
-            self._fit(engine, now)
-        elif self.planned_iterations is not None and self._late(engine, now):
-            self._fit(engine, now)  # the machine slowed down: shorten the schedule to end in time
-        if self.planned_iterations is not None and engine.state.iteration >= self.planned_iterations:
-            logger.info("time budget: reached the fitted %d iterations; stopping", self.planned_iterations)
+        self._time_iteration(engine, now)
+        planned = self.planned_iterations
+        if planned is not None and engine.state.iteration >= planned:
+            # the schedule has reached its final value: stop (extending it now would restart it)
+            logger.info("time budget: reached the fitted %d iterations; stopping", planned)
             engine.terminate()
-        elif now >= self.deadline - self.reserve_seconds:
+            return
+        if self._recent is not None:
+            if planned is None and now - self._clock_time >= self.min_measure_seconds:
+                self._fit(engine, now)
+            elif planned is not None and self._off_target(engine, now):
+                self._fit(engine, now)  # the machine's speed changed: refit to end at the budget
+        if now >= self.deadline - self.reserve_seconds:
             logger.warning(
                 "time budget: the budget ran out at iteration %d before the fitted schedule ended",
                 engine.state.iteration,
@@ -156,9 +154,25 @@ class TimeBudget:
             engine.terminate()
         engine.state.eta = self._eta(engine, now)
 
+    def _time_iteration(self, engine: Engine, now: float) -> None:
+        """Split the time since the last iteration into iteration time and epoch-end overhead."""
+        done = engine.state.iteration - self._first_iteration
+        gap, self._last_completed = now - self._last_completed, now
+        if done <= self.warmup_iterations:
+            self._clock_time = now  # the warm-up iterations are not timed
+            self._epoch_boundary = False
+            return
+        if self._epoch_boundary:  # validation, checkpoints and the next epoch's start
+            self._epoch_boundary = False
+            self._overhead += max(0.0, gap - (self._recent or 0.0))
+        else:
+            self._recent = gap if self._recent is None else (1 - SMOOTHING) * self._recent + SMOOTHING * gap
+            self._timed += 1
+            if self.planned_iterations is None:  # until the first fit: the plain mean
+                self._recent = (now - self._clock_time - self._overhead) / self._timed
+
     def _epoch_completed(self, engine: Engine) -> None:
-        # refit: the measurement now covers validation and checkpoints too
-        self._fit(engine, time.time())
+        self._epoch_boundary = True  # the next gap holds the epoch-end handlers (validation included)
         if self.planned_iterations is None and engine.state.epoch >= (engine.state.max_epochs or 0):
             engine.state.max_epochs = engine.state.epoch + 1  # not measured yet: keep training to measure
 
@@ -173,26 +187,27 @@ class TimeBudget:
 
     # -- fitting ---------------------------------------------------------------------------
 
-    def seconds_per_iteration(self, now: float, iteration: int) -> float | None:
+    def seconds_per_iteration(self) -> float | None:
         """Seconds per iteration for the rest of the run, or ``None`` before any were timed.
 
-        The average since the warm-up (validation, checkpoints and data loading included), or the
-        latest iterations' time when the machine has become slower than that average.
+        A moving average of the latest iterations (it follows a machine whose load changes) plus
+        the epoch-end overhead so far (validation, checkpoints) spread over the timed iterations.
         """
-        if self._clock_iteration is None or iteration <= self._clock_iteration:
+        if self._recent is None:
             return None
-        average = (now - self._clock_time) / (iteration - self._clock_iteration)
-        return max(average, self._recent or 0.0)
+        return self._recent + self._overhead / max(1, self._timed)
 
-    def _late(self, engine: Engine, now: float) -> bool:
+    def _off_target(self, engine: Engine, now: float) -> bool:
+        """Whether the fitted schedule would end more than 5 % of the time left off the budget."""
         assert self.planned_iterations is not None
-        rate = self.seconds_per_iteration(now, engine.state.iteration) or 0.0
-        left = self.planned_iterations - engine.state.iteration
-        return now + rate * left > self.deadline - self.reserve_seconds
+        rate = self.seconds_per_iteration() or 0.0
+        target = self.deadline - self.reserve_seconds
+        projected = now + rate * (self.planned_iterations - engine.state.iteration)
+        return abs(projected - target) > max(1.0, 0.05 * (target - now))
 
     def _fit(self, engine: Engine, now: float) -> None:
         state = engine.state
-        rate = self.seconds_per_iteration(now, state.iteration)
+        rate = self.seconds_per_iteration()
         if rate is None:
             return
         epoch_length = int(state.epoch_length or 1)
@@ -219,7 +234,7 @@ class TimeBudget:
     def _eta(self, engine: Engine, now: float) -> str:
         if self.planned_iterations is None:
             return "fitting"
-        rate = self.seconds_per_iteration(now, engine.state.iteration) or 0.0
+        rate = self.seconds_per_iteration() or 0.0
         left = min(self.deadline - now, rate * (self.planned_iterations - engine.state.iteration))
         return format_duration(left)
 
