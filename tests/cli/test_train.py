@@ -99,3 +99,24 @@ def test_a_short_budget_trains_a_usable_2d_model(planned_2d, tmp_path: Path, cap
     result = json.loads(metrics_file.read_text())
     assert result["fold"] == 0 and result["cases"] == 52  # the 260 cases' test fold
     assert result["metrics"]["val_mean_dice"] >= 0.5, result["metrics"]
+
+
+@pytest.mark.needs_data
+@pytest.mark.slow
+def test_plan_train_evaluate_a_3d_msd_dataset(msd_copy, tmp_path: Path, capsys) -> None:
+    dataset = msd_copy(count=10)
+    bundle = tmp_path / "bundle"
+    assert main(["plan", str(dataset), "--output", str(bundle), "--target", "cpu"]) == 0
+    assert main(["train", str(bundle), "--data", str(dataset), "--max-minutes", "0.5", "--no-progress"]) == 0
+    assert (bundle / "models" / "model.pt").is_file()  # the final weights, in the bundle
+    capsys.readouterr()
+    metrics_file = tmp_path / "eval" / "metrics.json"
+    assert main(["evaluate", str(bundle), "--data", str(dataset), "--output", str(metrics_file)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(metrics_file.read_text())
+    assert result["fold"] == 0 and result["cases"] == 2  # evaluate's default is the test fold
+    assert {"val_mean_dice", "val_dice_anterior", "val_dice_posterior", "val_hd95_anterior"} <= set(
+        result["metrics"]
+    )
+    assert 0.0 <= result["metrics"]["val_mean_dice"] <= 1.0
+    assert "fold 0, 2 cases" in out

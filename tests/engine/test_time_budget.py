@@ -127,3 +127,23 @@ def test_eta_format() -> None:
     assert format_duration(75.4) == "1:15"
     assert format_duration(3 * 3600 + 62) == "3:01:02"
     assert format_duration(-3) == "0:00"
+
+
+def test_the_progress_bar_shows_the_eta(capsys) -> None:
+    from ignite.engine import Engine
+
+    from medseg.engine import ProgressBar
+
+    def step(engine: Engine, batch: int) -> dict[str, float]:
+        time.sleep(0.01)
+        return {"loss": 0.5}
+
+    engine = Engine(step)
+    ProgressBar().attach(engine)
+    budget = TimeBudget(0.04, warmup_iterations=1, min_measure_seconds=0.1, reserve_seconds=0.5)
+    budget.attach(engine)
+    engine.run(range(10), max_epochs=1)
+    err = capsys.readouterr().err
+    assert "eta=fitting" in err and "loss=0.5" in err
+    assert any(f"eta=0:0{s}" in err for s in range(3)), err[-500:]  # 2.4 s budget, 0.5 s reserve
+    assert budget.planned_iterations == engine.state.iteration > 10
