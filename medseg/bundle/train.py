@@ -66,7 +66,9 @@ def fold_overrides(
             param="fold",
         )
     if not 0 <= fold < num_folds:
-        raise InputError(f"fold {fold} does not exist: choose 1..{num_folds - 1}", param="fold")
+        raise InputError(
+            f"fold {fold} does not exist: choose a validation fold among 1..{num_folds - 1}", param="fold"
+        )
     return {"val_fold": fold, "train_folds": [k for k in range(num_folds) if k not in (test_fold, fold)]}
 
 
