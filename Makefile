@@ -29,7 +29,9 @@ system-deps:
 demo: install
 	$(VENV)/bin/medseg demo
 
+# Every generated bundle must be what its plans/plan.json renders (bundles without a plan are reported).
 test: install system-deps
+	$(VENV)/bin/medseg bundle check $(wildcard bundles/*/)
 	$(PY) -m pytest -q -x --timeout=1800 $(PYTEST_ARGS)
 
 lint: install

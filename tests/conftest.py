@@ -20,8 +20,14 @@ from pathlib import Path
 
 import pytest
 
-# dataset-building fixtures (msd_copy, nnunet_copy, kvasir_png, hippocampus_png)
-from support.datasets import hippocampus_png, kvasir_png, msd_copy, nnunet_copy  # noqa: E402, F401
+# dataset-building fixtures (msd_copy, nnunet_copy, kvasir_png, hippocampus_png, hippocampus_slices)
+from support.datasets import (  # noqa: E402, F401
+    hippocampus_png,
+    hippocampus_slices,
+    kvasir_png,
+    msd_copy,
+    nnunet_copy,
+)
 
 from medseg import paths
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +14,99 @@ from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import BundleError, InputError
 from medseg.io.atomic import atomic_write_json
 
-__all__ = ["train_bundle", "evaluate_bundle"]
+__all__ = ["TEST_FOLD", "budget_overrides", "evaluate_bundle", "fold_overrides", "train_bundle"]
+
+# The fixed split's test fold (sorted case ids, index % 5 == 0): evaluated, never trained or validated on.
+TEST_FOLD = 0
 
 
-def _data_overrides(data_dir: str | os.PathLike | None, fold: int | None) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    if data_dir is not None:
-        path = Path(data_dir).resolve()
-        if not (path / "dataset.json").is_file():
-            raise InputError(
-                f"data_dir {path} has no dataset.json: give the MSD task folder (e.g. msd-task04-hippocampus)",
-                param="data_dir",
-            )
-        overrides["dataset_dir"] = str(path)
-    if fold is not None:
-        if not 0 <= fold < DEFAULT_NUM_FOLDS:
-            raise InputError(f"fold {fold} does not exist: choose 0..{DEFAULT_NUM_FOLDS - 1}", param="fold")
-        overrides["val_fold"] = fold
-    return overrides
+def _dataset_override(data_dir: str | os.PathLike | None) -> dict[str, Any]:
+    if data_dir is None:
+        return {}
+    path = Path(data_dir).resolve()
+    if not (path / "dataset.json").is_file():
+        raise InputError(
+            f"data_dir {path} has no dataset.json: give the dataset folder (MSD layout, e.g. "
+            "msd-task04-hippocampus, or nnU-Net raw layout with imagesTr/ and labelsTr/)",
+            param="data_dir",
+        )
+    return {"dataset_dir": str(path)}
+
+
+def _test_fold(workflow_config: Mapping[str, Any]) -> int:
+    value = workflow_config.get("test_fold", TEST_FOLD)
+    return value if isinstance(value, int) else TEST_FOLD
+
+
+def _merged_config(bundle: Bundle, configs: list[str]) -> dict[str, Any]:
+    """The bundle's configs merged as ``monai.bundle run`` merges them (unparsed)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle.config(name)) for name in configs])
+    return parser.get() or {}
+
+
+def fold_overrides(
+    fold: int, test_fold: int = TEST_FOLD, num_folds: int = DEFAULT_NUM_FOLDS
+) -> dict[str, Any]:
+    """``val_fold`` and ``train_folds`` for training with validation fold ``fold``.
+
+    Planned bundles hold ``test_fold`` (0), ``val_fold`` and ``train_folds`` (every fold but those
+    two); both are set here, so a bundle whose ``train_folds`` is a literal list stays consistent.
+
+    Raises:
+        InputError: ``fold`` is the test fold (no training decision may look at it) or no fold.
+    """
+    if fold == test_fold:
+        raise InputError(
+            f"fold {fold} is the test fold: no training decision (early stopping, checkpoint choice, "
+            f"schedule) may look at it; choose a validation fold among "
+            f"{', '.join(str(k) for k in range(num_folds) if k != test_fold)}",
+            param="fold",
+        )
+    if not 0 <= fold < num_folds:
+        raise InputError(
+            f"fold {fold} does not exist: choose a validation fold among 1..{num_folds - 1}", param="fold"
+        )
+    return {"val_fold": fold, "train_folds": [k for k in range(num_folds) if k not in (test_fold, fold)]}
+
+
+def budget_overrides(
+    config: Mapping[str, Any],
+    minutes: float,
+    start_time: float,
+    max_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Overrides that add :class:`medseg.engine.TimeBudget` to a training config.
+
+    The handler is a new ``time_budget`` key attached to ``train#trainer`` by one more
+    ``initialize`` expression (after the bundle's own), so the bundle files stay as they are and
+    ``python -m monai.bundle run`` trains the bundle's own ``max_epochs``.
+
+    Args:
+        config: the bundle's merged, unparsed training config (its ``initialize`` list is kept).
+        minutes: the budget.
+        start_time: ``time.time()`` when the budget started.
+        max_epochs: an upper bound on the fitted epochs (``--epochs``), or none.
+    """
+    if not minutes > 0:
+        raise InputError(f"max_minutes must be positive, got {minutes}", param="max_minutes")
+    initialize = config.get("initialize", [])
+    if not isinstance(initialize, list) or "train" not in config or "trainer" not in config["train"]:
+        raise BundleError(
+            "the bundle's train.json has no train#trainer and initialize list to add a time budget to: "
+            "regenerate it with medseg plan, or train without a time budget",
+            param="max_minutes",
+        )
+    budget: dict[str, Any] = {
+        "_target_": "medseg.engine.TimeBudget",
+        "minutes": float(minutes),
+        "start_time": float(start_time),
+        "lr_scheduler": "@lr_scheduler" if "lr_scheduler" in config else None,
+        "max_epochs": max_epochs,
+    }
+    return {"time_budget": budget, "initialize": [*initialize, "$@time_budget.attach(@train#trainer)"]}
 
 
 def train_bundle(
@@ -40,37 +117,61 @@ def train_bundle(
     resume: bool = False,
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    max_minutes: float | None = None,
+    start_time: float | None = None,
     **overrides: Any,
-) -> dict[str, float]:
-    """Run the bundle's ``train.json``; returns the best validation metrics.
+) -> dict[str, Any]:
+    """Run the bundle's ``train.json``; returns what the run did and its validation metrics.
 
     Args:
         bundle: the bundle to train.
-        data_dir: MSD task folder (default: the bundle's ``dataset_dir``).
-        fold: validation fold (the others train); default the bundle's (0).
-        epochs: maximum epochs (default the bundle's).
+        data_dir: dataset folder, MSD or nnU-Net raw layout (default: the bundle's ``dataset_dir``).
+        fold: validation fold, any but the test fold 0; the folds other than it and the test fold
+            train. Default the bundle's (planned bundles: 1).
+        epochs: maximum epochs (default the bundle's; with ``max_minutes`` an upper bound).
         resume: continue from the last epoch checkpoint in ``output_dir/checkpoints``.
-        output_dir: where logs, checkpoints and the best ``model.pt`` go; default the bundle's
+        output_dir: where logs, checkpoints and the final ``model.pt`` go; default the bundle's
             ``runs/train`` and ``models/`` (which replaces the shipped weights).
         progress: show a progress bar.
+        max_minutes: wall-clock budget from ``start_time`` (data caching included): the epochs
+            and the learning-rate schedule are fitted to it (:class:`medseg.engine.TimeBudget`).
+        start_time: ``time.time()`` when the budget started (default: now).
+
+    Returns:
+        ``{"epochs", "iterations", "seconds", "val_fold", "last_metric", "best_metric",
+        "best_metric_epoch"}``; the metrics are the fold's mean Dice (``-1`` when no validation ran).
     """
-    overrides.update(_data_overrides(data_dir, fold))
+    start_time = time.time() if start_time is None else start_time
+    configs = ["train.json"]
+    config = _merged_config(bundle, configs)
+    overrides.update(_dataset_override(data_dir))
+    if fold is not None:
+        overrides.update(fold_overrides(fold, _test_fold(config)))
     if epochs is not None:
         if epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}", param="epochs")
         overrides["max_epochs"] = epochs
+    if max_minutes is not None:
+        overrides.update(budget_overrides(config, max_minutes, start_time, epochs))
     if output_dir is not None:
         out = Path(output_dir).resolve()
         overrides["output_dir"] = str(out)
         overrides["ckpt_dir"] = str(out / "models")
     overrides["resume"] = resume
     overrides["progress"] = progress
-    workflow = run_workflow(bundle, ["train.json"], workflow_type="train", **overrides)
+    workflow = run_workflow(bundle, configs, workflow_type="train", **overrides)
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    key = evaluator.state.key_metric_name
+    last = evaluator.state.metrics.get(key) if key else None
     return {
+        "epochs": int(trainer.state.epoch),
+        "iterations": int(trainer.state.iteration),
+        "seconds": time.time() - start_time,
+        "val_fold": int(workflow.parser.get_parsed_content("val_fold")),
+        "last_metric": float(last) if _finite(last) else -1.0,
         "best_metric": float(evaluator.state.best_metric),
         "best_metric_epoch": int(evaluator.state.best_metric_epoch),
-        "epochs": int(workflow.parser.get_parsed_content("train#trainer").state.epoch),
     }
 
 
@@ -87,10 +188,24 @@ def evaluate_bundle(
     Per-class Dice and HD95 (mm) are computed on each case's original grid. Writes the
     summary to ``output`` (JSON) and per-case CSVs beside it.
 
+    Args:
+        bundle: the bundle.
+        data_dir: dataset folder, MSD or nnU-Net raw layout (default: the bundle's ``dataset_dir``).
+        fold: the fold evaluated; default the test fold (the bundle's ``test_fold``, 0).
+        output: the JSON summary (default ``BUNDLE/runs/eval/metrics.json``).
+        weights: weights to evaluate instead of ``BUNDLE/models/model.pt``.
+
     Returns:
-        ``{"bundle", "version", "fold", "cases", "metrics": {name: value}}``.
+        ``{"bundle", "version", "fold", "cases", "metrics": {name: value}}``; ``metrics`` holds
+        ``val_mean_dice`` and per-class ``val_dice_<label>`` / ``val_hd95_<label>``.
     """
-    overrides.update(_data_overrides(data_dir, fold))
+    configs = ["train.json", "evaluate.json"]
+    overrides.update(_dataset_override(data_dir))
+    test_fold = _test_fold(_merged_config(bundle, configs))
+    fold = test_fold if fold is None else fold
+    if not 0 <= fold < DEFAULT_NUM_FOLDS:
+        raise InputError(f"fold {fold} does not exist: choose 0..{DEFAULT_NUM_FOLDS - 1}", param="fold")
+    overrides["val_fold"] = fold
     if weights is not None:
         weights = Path(weights).resolve()
         if not weights.is_file():
@@ -101,7 +216,7 @@ def evaluate_bundle(
         raise BundleError(f"bundle {bundle.name} has no models/model.pt: train it first (medseg train)")
     out_json = Path(output).resolve() if output else bundle.root / "runs" / "eval" / "metrics.json"
     overrides["output_dir"] = str(out_json.parent)
-    workflow = run_workflow(bundle, ["train.json", "evaluate.json"], workflow_type="eval", **overrides)
+    workflow = run_workflow(bundle, configs, workflow_type="eval", **overrides)
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if _finite(v)}
     result = {

@@ -1,4 +1,8 @@
-"""``medseg evaluate BUNDLE``: per-class Dice and HD95 of a bundle's weights on a fold."""
+"""``medseg evaluate BUNDLE``: per-class Dice and HD95 of a bundle's weights on a fold.
+
+The default fold is the test fold (0), the one no training decision of a planned bundle looked at;
+``--data`` takes the dataset folder in MSD or nnU-Net raw layout, 2-D PNG datasets included.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ __all__ = ["add_parser"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="evaluate a bundle's weights on a validation fold (Dice, HD95)",
+        help="evaluate a bundle's weights on a fold of the fixed split (Dice, HD95; default the test fold 0)",
         description="Evaluate BUNDLE/models/model.pt on fold K of the fixed split with the bundle's "
         "configs/train.json + configs/evaluate.json; prints a per-class table and writes JSON.",
     )
     parser.add_argument("bundle", help="bundle folder, e.g. bundles/hippocampus_unet3d")
-    parser.add_argument("--data", help="MSD task folder (default: $MEDSEG_DATA_DIR or ../shared/data)")
-    parser.add_argument("--fold", type=int, default=None, help="fold 0-4 (default 0)")
+    parser.add_argument(
+        "--data", help="dataset folder, MSD or nnU-Net raw layout (default: the bundle's dataset_dir)"
+    )
+    parser.add_argument("--fold", type=int, default=None, help="fold 0-4 (default 0, the test fold)")
     parser.add_argument("--weights", help="weights to evaluate instead of BUNDLE/models/model.pt")
     parser.add_argument("--output", help="JSON file (default BUNDLE/runs/eval/metrics.json)")
     parser.set_defaults(func=run)

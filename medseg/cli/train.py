@@ -1,9 +1,15 @@
-"""``medseg train BUNDLE``: train a bundle through its own ``configs/train.json``."""
+"""``medseg train BUNDLE``: train a bundle through its own ``configs/train.json``.
+
+Fold 0 of the fixed split is the test fold, so ``--fold`` names the validation fold among the
+others and the rest train. ``--max-minutes`` adds :class:`medseg.engine.TimeBudget` through bundle
+overrides: the clock starts when the command starts, so data caching counts against the budget.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 __all__ = ["add_parser"]
 
@@ -11,15 +17,34 @@ __all__ = ["add_parser"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a bundle (its configs/train.json) on the fixed 5-fold split",
-        description="Train a MONAI bundle through its own configs/train.json. Fold K is held out for "
-        "validation; the others train. The best weights replace BUNDLE/models/model.pt unless "
-        "--output-dir is given.",
+        help="train a bundle (its configs/train.json) on folds 1-4 of the fixed 5-fold split",
+        description="Train a MONAI bundle through its own configs/train.json. Fold 0 is the test fold "
+        "and is never used; fold K (--fold, default the bundle's: 1 for planned bundles) monitors, the "
+        "others train. The final weights replace BUNDLE/models/model.pt unless --output-dir is given.",
     )
     parser.add_argument("bundle", help="bundle folder, e.g. bundles/hippocampus_unet3d")
-    parser.add_argument("--data", help="MSD task folder (default: $MEDSEG_DATA_DIR or ../shared/data)")
-    parser.add_argument("--fold", type=int, default=None, help="validation fold 0-4 (default 0)")
-    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the bundle's)")
+    parser.add_argument(
+        "--data", help="dataset folder, MSD or nnU-Net raw layout (default: the bundle's dataset_dir)"
+    )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="validation fold 1-4 (default the bundle's); 0 is the test fold",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="maximum epochs (default: the bundle's, or the time budget's)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget for the whole command, data caching included: the epochs and the "
+        "learning-rate schedule are fitted to it after the first iterations",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     parser.add_argument("--output-dir", help="logs, checkpoints and weights go here instead of the bundle")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -27,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    start_time = time.time()
     from medseg.bundle import open_bundle, train_bundle
 
     bundle = open_bundle(args.bundle)
@@ -38,9 +64,16 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         output_dir=args.output_dir,
         progress=not args.no_progress and sys.stderr.isatty(),
+        max_minutes=args.max_minutes,
+        start_time=start_time,
+    )
+    validation = (
+        f"last validation (fold {result['val_fold']}) mean Dice {result['last_metric']:.4f}"
+        if result["last_metric"] >= 0
+        else f"no validation on fold {result['val_fold']} ran"
     )
     print(
-        f"trained {bundle.name} for {result['epochs']} epochs: best validation mean Dice "
-        f"{result['best_metric']:.4f} at epoch {result['best_metric_epoch']}"
+        f"trained {bundle.name}: {result['epochs']} epochs, {result['iterations']} iterations in "
+        f"{result['seconds'] / 60:.1f} min; {validation}"
     )
     return 0

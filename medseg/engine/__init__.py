@@ -2,9 +2,10 @@
 
 Bundles build MONAI's ``SupervisedTrainer`` / ``SupervisedEvaluator`` from their
 configs; this package adds the handlers MONAI lacks (atomic checkpoints, resume,
-CSV log, training-curve plot, progress bar) and runs bundles for the CLI.
+CSV log, training-curve plot, progress bar, a wall-clock budget) and runs bundles for the CLI.
 """
 
+from medseg.engine.budget import TimeBudget
 from medseg.engine.handlers import (
     AtomicCheckpointSaver,
     CaseLog,
@@ -23,6 +24,7 @@ __all__ = [
     "ModelEMA",
     "ProgressBar",
     "ResumeFromLatest",
+    "TimeBudget",
     "TrainingCurvePlot",
     "prepare_plain_batch",
 ]

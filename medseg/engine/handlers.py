@@ -314,7 +314,11 @@ class TrainingCurvePlot:
 
 
 class ProgressBar:
-    """ignite's tqdm progress bar showing the running loss; silent when ``enabled`` is false."""
+    """ignite's tqdm progress bar showing the running loss; silent when ``enabled`` is false.
+
+    When a :class:`medseg.engine.TimeBudget` runs, the bar also shows its ``eta`` (the time left
+    of the fitted schedule), read from ``engine.state`` at each update.
+    """
 
     def __init__(self, enabled: bool = True, output_transform: Callable | None = None) -> None:
         self.enabled = enabled
@@ -325,7 +329,13 @@ class ProgressBar:
             return
         from ignite.handlers import ProgressBar as IgniteProgressBar
 
-        IgniteProgressBar(persist=False).attach(engine, output_transform=self.output_transform)
+        def shown(output: Any) -> dict[str, Any]:
+            values = self.output_transform(output)
+            values = values if isinstance(values, dict) else {"output": values}
+            eta = getattr(engine.state, "eta", None)
+            return {**values, "eta": eta} if isinstance(eta, str) else values
+
+        IgniteProgressBar(persist=False).attach(engine, output_transform=shown)
 
 
 def _first_loss(output: Any) -> dict[str, float]:

@@ -129,3 +129,53 @@ def hippocampus_png(tmp_path: Path, hippocampus_dir: Path) -> Path:
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
     return root
+
+
+def write_hippocampus_slices(hippocampus_dir: Path, root: Path, count: int | None = None) -> Path:
+    """A 2-D nnU-Net dataset with one foreground class: one axial slice of each hippocampus case.
+
+    Each case contributes the axial slice (third axis) with the most hippocampus, as a grey 8-bit
+    PNG, and its label with both hippocampus parts merged into one class. One slice per case keeps
+    the fixed split by case: no subject has slices in two folds.
+
+    Args:
+        hippocampus_dir: the MSD hippocampus task folder.
+        root: the dataset folder to write (created).
+        count: the first ``count`` cases by sorted id (default all 260).
+    """
+    import nibabel as nib
+    from PIL import Image
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    meta = json.loads((hippocampus_dir / "dataset.json").read_text())
+    pairs = _hippocampus_pairs(hippocampus_dir, count or len(meta["training"]))
+    for image, label in pairs:
+        cid = image.name.removesuffix(".nii.gz")
+        volume = np.asanyarray(nib.load(str(image)).dataobj).astype(np.float64)
+        mask = np.asanyarray(nib.load(str(label)).dataobj) > 0
+        k = int(np.argmax(mask.sum(axis=(0, 1))))
+        grey = volume[:, :, k] / max(1e-6, float(volume[:, :, k].max())) * 255
+        Image.fromarray(grey.astype(np.uint8)).save(root / "imagesTr" / f"{cid}_0000.png")
+        Image.fromarray(mask[:, :, k].astype(np.uint8)).save(root / "labelsTr" / f"{cid}.png")
+    dataset = {
+        "name": "hippocampus axial slices",
+        "description": "one axial slice per MSD Task04 case, both hippocampus parts as one class",
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "hippocampus": 1},
+        "numTraining": len(pairs),
+        "file_ending": ".png",
+        "licence": meta.get("licence", "CC-BY-SA 4.0"),
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return root
+
+
+@pytest.fixture
+def hippocampus_slices(tmp_path: Path, hippocampus_dir: Path) -> Callable[..., Path]:
+    """``make(count=None)``: :func:`write_hippocampus_slices` under ``tmp_path``."""
+
+    def make(count: int | None = None) -> Path:
+        return write_hippocampus_slices(hippocampus_dir, tmp_path / "hippocampus_slices", count)
+
+    return make
