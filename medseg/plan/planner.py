@@ -697,6 +697,9 @@ def _suitability(
 # Overrides of what the bundle says rather than how it trains: label names, SEG codes and the
 # metadata's descriptive text (a shipped bundle keeps the names and codes its users rely on).
 INPUT_OVERRIDES = ("labels", "concepts", "metadata")
+# ``{"why": {key: reason}}`` in overrides.json: why a deliberate choice differs from the rule (the
+# reason joins the value's rule, so --explain and the bundle's README say it).
+WHY_KEY = "why"
 METADATA_TEXT_FIELDS = (
     "name",
     "task",
@@ -712,7 +715,7 @@ METADATA_TEXT_FIELDS = (
 def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separate the input overrides (:data:`INPUT_OVERRIDES`) from those of planned values."""
     inputs = {k: v for k, v in overrides.items() if k in INPUT_OVERRIDES}
-    values = {k: v for k, v in overrides.items() if k not in INPUT_OVERRIDES}
+    values = {k: v for k, v in overrides.items() if k not in INPUT_OVERRIDES and k != WHY_KEY}
     return inputs, values
 
 
@@ -734,14 +737,25 @@ def _metadata_text(fields: Any) -> dict[str, Any]:
     return dict(fields)
 
 
-def _apply_overrides(values: dict[str, dict[str, Any]], overrides: Mapping[str, Any]) -> None:
+def _apply_overrides(
+    values: dict[str, dict[str, Any]], overrides: Mapping[str, Any], why: Mapping[str, str] | None = None
+) -> None:
     """Replace planned values by recorded overrides, keeping what the rules planned in ``data``.
 
     A key names a planned value (``"batch_size"``) or a field inside one (``"augmentation.mirror_axes"``);
     each overridden value's rule says so, and its ``data.planned`` keeps the rule-based value and rule.
+
+    Args:
+        values: the planned values, replaced in place.
+        overrides: ``{key: replacement}``.
+        why: ``{key: reason}`` for some of the keys; the reason becomes part of the value's rule.
     """
     import copy
 
+    why = dict(why or {})
+    unknown = sorted(set(why) - set(overrides))
+    if unknown:
+        raise ConfigError(f"overrides 'why' explains {unknown[0]!r}, which is not overridden; remove it")
     for key, replacement in overrides.items():
         name, _, field = key.partition(".")
         if name not in values:
@@ -768,12 +782,17 @@ def _apply_overrides(values: dict[str, dict[str, Any]], overrides: Mapping[str, 
         else:
             value = replacement
         overridden = sorted(set(entry["data"].get("overridden", [])) | {key})
+        reasons = dict(entry["data"].get("why", {}))
+        if key in why:
+            reasons[key] = str(why[key])
+        because = "".join(f" ({k}: {reasons[k]})" for k in overridden if k in reasons)
         values[name] = _value(
             value,
             f"override recorded in the bundle's plans/overrides.json ({', '.join(overridden)}): a deliberate "
-            f"choice that differs from the rule: {planned['rule']}",
+            f"choice that differs from the rule{because}; the rule: {planned['rule']}",
             planned=planned,
             overridden=overridden,
+            **({"why": reasons} if reasons else {}),
         )
 
 
@@ -1049,7 +1068,7 @@ def make_plan(
     )
     values["suitability"] = _suitability(fingerprint, spacing, mirror["value"], rgb)
     input_overrides, value_overrides = _split_overrides(overrides or {})
-    _apply_overrides(values, value_overrides)
+    _apply_overrides(values, value_overrides, (overrides or {}).get(WHY_KEY))
     labels = dict(dataset["labels"])
     if "labels" in input_overrides:
         labels = _override_labels(labels, input_overrides["labels"])
