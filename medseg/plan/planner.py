@@ -753,7 +753,7 @@ def _apply_overrides(
     import copy
 
     why = dict(why or {})
-    unknown = sorted(set(why) - set(overrides))
+    unknown = sorted(set(why) - set(overrides) - set(INPUT_OVERRIDES))  # input overrides: reasons on file
     if unknown:
         raise ConfigError(f"overrides 'why' explains {unknown[0]!r}, which is not overridden; remove it")
     for key, replacement in overrides.items():
