@@ -694,18 +694,75 @@ def _suitability(
     )
 
 
-def _apply_overrides(values: dict[str, dict[str, Any]], overrides: Mapping[str, Any]) -> None:
+# Overrides of what the bundle says rather than how it trains: label names, SEG codes and the
+# metadata's descriptive text (a shipped bundle keeps the names and codes its users rely on).
+INPUT_OVERRIDES = ("labels", "concepts", "metadata")
+# ``{"why": {key: reason}}`` in overrides.json: why a deliberate choice differs from the rule (the
+# reason joins the value's rule, so --explain and the bundle's README say it).
+WHY_KEY = "why"
+METADATA_TEXT_FIELDS = (
+    "name",
+    "task",
+    "description",
+    "data_source",
+    "image_classes",
+    "label_classes",
+    "pred_classes",
+    "references",
+)
+
+
+def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate the input overrides (:data:`INPUT_OVERRIDES`) from those of planned values."""
+    inputs = {k: v for k, v in overrides.items() if k in INPUT_OVERRIDES}
+    values = {k: v for k, v in overrides.items() if k not in INPUT_OVERRIDES and k != WHY_KEY}
+    return inputs, values
+
+
+def _override_labels(labels: Mapping[str, str], names: Any) -> dict[str, str]:
+    """Label names from an override: the same label values as dataset.json, other names."""
+    if not isinstance(names, Mapping) or {str(k) for k in names} != set(labels):
+        raise ConfigError(
+            f"override 'labels' must name every label value of dataset.json ({', '.join(labels)}) and no other"
+        )
+    return {str(k): str(names[str(k)] if str(k) in names else names[k]) for k in labels}
+
+
+def _metadata_text(fields: Any) -> dict[str, Any]:
+    """Descriptive metadata.json fields from an override (see :data:`METADATA_TEXT_FIELDS`)."""
+    if not isinstance(fields, Mapping) or not set(fields) <= set(METADATA_TEXT_FIELDS):
+        raise ConfigError(
+            f"override 'metadata' may set only {', '.join(METADATA_TEXT_FIELDS)} of metadata.json"
+        )
+    return dict(fields)
+
+
+def _apply_overrides(
+    values: dict[str, dict[str, Any]], overrides: Mapping[str, Any], why: Mapping[str, str] | None = None
+) -> None:
     """Replace planned values by recorded overrides, keeping what the rules planned in ``data``.
 
     A key names a planned value (``"batch_size"``) or a field inside one (``"augmentation.mirror_axes"``);
     each overridden value's rule says so, and its ``data.planned`` keeps the rule-based value and rule.
+
+    Args:
+        values: the planned values, replaced in place.
+        overrides: ``{key: replacement}``.
+        why: ``{key: reason}`` for some of the keys; the reason becomes part of the value's rule.
     """
     import copy
 
+    why = dict(why or {})
+    unknown = sorted(set(why) - set(overrides) - set(INPUT_OVERRIDES))  # input overrides: reasons on file
+    if unknown:
+        raise ConfigError(f"overrides 'why' explains {unknown[0]!r}, which is not overridden; remove it")
     for key, replacement in overrides.items():
         name, _, field = key.partition(".")
         if name not in values:
-            raise ConfigError(f"override {key!r} names no planned value; choose one of {', '.join(values)}")
+            raise ConfigError(
+                f"override {key!r} names no planned value; choose one of {', '.join(values)} "
+                f"(or {', '.join(INPUT_OVERRIDES)})"
+            )
         entry = values[name]
         planned = entry["data"].get("planned") or {
             "value": copy.deepcopy(entry["value"]),
@@ -725,12 +782,17 @@ def _apply_overrides(values: dict[str, dict[str, Any]], overrides: Mapping[str, 
         else:
             value = replacement
         overridden = sorted(set(entry["data"].get("overridden", [])) | {key})
+        reasons = dict(entry["data"].get("why", {}))
+        if key in why:
+            reasons[key] = str(why[key])
+        because = "".join(f" ({k}: {reasons[k]})" for k in overridden if k in reasons)
         values[name] = _value(
             value,
             f"override recorded in the bundle's plans/overrides.json ({', '.join(overridden)}): a deliberate "
-            f"choice that differs from the rule: {planned['rule']}",
+            f"choice that differs from the rule{because}; the rule: {planned['rule']}",
             planned=planned,
             overridden=overridden,
+            **({"why": reasons} if reasons else {}),
         )
 
 
@@ -751,6 +813,19 @@ def _concepts(concepts: Mapping[str, Any] | None, labels: Mapping[str, str]) -> 
             raise ConfigError(f"concepts of label {key} need at least a 'type' code [value, scheme, meaning]")
         checked[str(key)] = dict(code)
     return dict(sorted(checked.items(), key=lambda kv: int(kv[0])))
+
+
+def _versions() -> dict[str, str]:
+    """The installed versions the bundle's metadata.json names, recorded so re-rendering is exact."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("monai", "torch", "numpy", "pytorch-ignite", "nibabel", "tensorboard", "medseg"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
 
 
 def _train_cases(num_cases: int) -> int:
@@ -992,7 +1067,13 @@ def make_plan(
         "4 windows per call, 64 slices per call for a 2-D network on volumes (MONAI's SliceInferer)",
     )
     values["suitability"] = _suitability(fingerprint, spacing, mirror["value"], rgb)
-    _apply_overrides(values, overrides or {})
+    input_overrides, value_overrides = _split_overrides(overrides or {})
+    _apply_overrides(values, value_overrides, (overrides or {}).get(WHY_KEY))
+    labels = dict(dataset["labels"])
+    if "labels" in input_overrides:
+        labels = _override_labels(labels, input_overrides["labels"])
+    if "concepts" in input_overrides:
+        concepts = input_overrides["concepts"]
     from medseg import __version__
 
     default_name = "".join(c if c.isalnum() else "_" for c in dataset["name"].lower()).strip("_")
@@ -1011,7 +1092,6 @@ def make_plan(
                     "name",
                     "layout",
                     "spatial_dims",
-                    "labels",
                     "channels",
                     "file_ending",
                     "num_cases",
@@ -1019,10 +1099,11 @@ def make_plan(
                     "reference",
                     "description",
                 )
-            },
-            "concepts": _concepts(
-                concepts if concepts is not None else dataset.get("concepts"), dataset["labels"]
-            ),
+            }
+            | {"labels": labels},
+            "concepts": _concepts(concepts if concepts is not None else dataset.get("concepts"), labels),
+            "metadata": _metadata_text(input_overrides.get("metadata", {})),
+            "versions": _versions(),
         },
         "values": values,
     }

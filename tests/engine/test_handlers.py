@@ -99,7 +99,9 @@ def test_same_seed_same_loss_curve_and_resume(tmp_path: Path) -> None:
     second = _train(tmp_path / "b", epochs=2)
     assert [r["loss"] for r in first] == [r["loss"] for r in second]
     assert len(first) == 2 and all(float(r["loss"]) > 0 for r in first)
-    assert {"val_mean_dice", "val_dice_anterior", "val_dice_posterior", "lr"} <= set(first[0])
+    assert {"val_mean_dice", "val_dice_anterior_hippocampus", "val_dice_posterior_hippocampus", "lr"} <= set(
+        first[0]
+    )
     assert (tmp_path / "a" / "training_curve.png").stat().st_size > 1000
     assert any((tmp_path / "a" / "tensorboard").iterdir())
     assert (tmp_path / "a" / "models" / "model.pt").is_file()

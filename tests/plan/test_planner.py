@@ -69,7 +69,12 @@ def test_hippocampus_cpu_plan_matches_recipe(hippocampus_fp):
     assert values["loss"]["name"] == recipe["loss"]["name"] and values["loss"]["batch"]
     assert values["training"]["learning_rate"] == recipe["learning_rate"]
     assert values["training"]["ema_decay"] == recipe["ema_decay"]
-    assert 100 <= values["training"]["max_epochs"] <= recipe["max_epochs"]
+    # the shipped bundle records the rule's epoch count; its overrides.json may only shorten it
+    shipped = json.loads((REPO / "bundles" / "hippocampus_unet3d" / "plans" / "plan.json").read_text())
+    training = shipped["values"]["training"]
+    planned = training["data"].get("planned", training)["value"]
+    assert 100 <= values["training"]["max_epochs"] == planned["max_epochs"]
+    assert recipe["max_epochs"] == training["value"]["max_epochs"] <= planned["max_epochs"]
     assert values["training"]["train_folds"] == [2, 3, 4] and values["training"]["val_fold"] == 1
     assert values["training"]["test_fold"] == 0
     assert values["inference"]["roi_size"] == recipe["roi_size"]
@@ -202,3 +207,44 @@ def test_grey_png_plan(hippocampus_png):
     assert values["normalization"][0]["scheme"] == "zscore" and values["network"]["in_channels"] == 1
     assert values["network"]["spatial_dims"] == 2 and len(values["patch_size"]) == 2
     assert values["slicing"] is None
+
+
+def test_input_overrides_name_labels_codes_and_metadata(hippocampus_fp):
+    codes = {
+        "1": {"type": ["5366008", "SCT", "Hippocampus"], "modifiers": [["255549009", "SCT", "Anterior"]]}
+    }
+    plan = make_plan(
+        hippocampus_fp,
+        target="cpu",
+        cpu_cores=2,
+        overrides={
+            "labels": {"0": "background", "1": "anterior hippocampus", "2": "posterior hippocampus"},
+            "concepts": codes,
+            "metadata": {"task": "hippocampus halves"},
+        },
+    )
+    inputs = plan["inputs"]
+    assert inputs["dataset"]["labels"]["1"] == "anterior hippocampus"
+    assert inputs["concepts"] == codes and inputs["metadata"] == {"task": "hippocampus halves"}
+    assert inputs["versions"]["monai"] and inputs["versions"]["torch"]
+    with pytest.raises(ConfigError, match="every label value"):
+        make_plan(hippocampus_fp, target="gpu", overrides={"labels": {"0": "background", "1": "a"}})
+    with pytest.raises(ConfigError, match="may set only"):
+        make_plan(hippocampus_fp, target="gpu", overrides={"metadata": {"version": "9.9.9"}})
+
+
+def test_override_reason_joins_the_rule(hippocampus_fp):
+    plan = make_plan(
+        hippocampus_fp,
+        target="cpu",
+        cpu_cores=2,
+        overrides={"training.max_epochs": 80, "why": {"training.max_epochs": "the machine was shared"}},
+    )
+    entry = plan["values"]["training"]
+    assert (
+        entry["value"]["max_epochs"] == 80
+        and "(training.max_epochs: the machine was shared)" in entry["rule"]
+    )
+    assert entry["data"]["planned"]["value"]["max_epochs"] > 80
+    with pytest.raises(ConfigError, match="not overridden"):
+        make_plan(hippocampus_fp, target="gpu", overrides={"why": {"batch_size": "no"}})

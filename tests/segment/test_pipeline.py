@@ -433,7 +433,14 @@ def test_whole_head_mr_is_unsuitable(keyed_bundle: Path, shared_data: Path) -> N
 
 
 def test_tta_over_declared_flips(keyed_bundle: Path, crops: Path, tmp_path: Path) -> None:
-    segmenter = Segmenter(keyed_bundle, tta=True)
+    # the shipped plan mirrors no axis (the crops' orientation is unknown); declare one here
+    flipped = tmp_path / "bundle"
+    shutil.copytree(keyed_bundle, flipped, symlinks=True)
+    meta_path = flipped / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["network_data_format"]["inputs"]["image"]["tta_flip_axes"] = [0]
+    meta_path.write_text(json.dumps(meta))
+    segmenter = Segmenter(flipped, tta=True)
     assert segmenter.flip_axes == [0]
     result = segmenter.run(crops / "Study2", tmp_path)
     assert result.report["settings"]["tta"] and result.report["settings"]["tta_flip_axes"] == [0]
