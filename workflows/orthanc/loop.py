@@ -39,6 +39,7 @@ from roundtrip import (  # noqa: E402
     check,
     default_series,
     fetch_series_instances,
+    run_and_report,
     start_orthanc,
     stop_process_group,
     upload_series,
@@ -267,18 +268,7 @@ def main() -> int:
     parser.add_argument("--loop-timeout", type=float, default=1200)
     parser.add_argument("--report", default=None, help="write the JSON report here")
     args = parser.parse_args()
-    report: dict = {"ok": False}
-    try:
-        report = run(args)
-        code = 0
-    except Failed as exc:
-        report["error"] = str(exc)
-        print(f"loop FAILED: {exc}", file=sys.stderr)
-        code = 1
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2))
-    print("loop OK" if code == 0 else "loop failed", flush=True)
-    return code
+    return run_and_report(run, args, "loop")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from roundtrip import (  # noqa: E402 - also puts the repository and workflows/ 
     call,
     check,
     default_series,
+    run_and_report,
     start_orthanc,
     stop_process_group,
     upload_series,
@@ -576,18 +577,7 @@ def main() -> int:
     if reason:
         print(f"ohif check: {reason}", file=sys.stderr)
         return 2
-    report: dict = {"ok": False}
-    try:
-        report = run(args)
-        code = 0
-    except Failed as exc:
-        report["error"] = str(exc)
-        print(f"ohif check FAILED: {exc}", file=sys.stderr)
-        code = 1
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2))
-    print("ohif check OK" if code == 0 else "ohif check failed", flush=True)
-    return code
+    return run_and_report(run, args, "ohif check")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +111,23 @@ def fetch_series_instances(orthanc: str, series_uid: str) -> list[bytes]:
     )
     check(found.status == 200, f"Orthanc /tools/find failed: {found.detail}")
     return [call("GET", f"{orthanc}/instances/{oid}/file").body for oid in found.json()]
+
+
+def run_and_report(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace, name: str) -> int:
+    """Run one check script's ``run(args)``: its JSON report to ``args.report``, "<name> OK" or the
+    failure on the console, and exit code 0 or 1 (shared by the round trip, loop and OHIF scripts)."""
+    report: dict = {"ok": False}
+    try:
+        report = run(args)
+        code = 0
+    except Failed as exc:
+        report["error"] = str(exc)
+        print(f"{name} FAILED: {exc}", file=sys.stderr)
+        code = 1
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2))
+    print(f"{name} OK" if code == 0 else f"{name} failed", flush=True)
+    return code
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -284,18 +302,7 @@ def main() -> int:
     parser.add_argument("--ready-timeout", type=float, default=420)
     parser.add_argument("--report", default=None, help="write the JSON report here")
     args = parser.parse_args()
-    report: dict = {"ok": False}
-    try:
-        report = run(args)
-        code = 0
-    except Failed as exc:
-        report["error"] = str(exc)
-        print(f"round trip FAILED: {exc}", file=sys.stderr)
-        code = 1
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2))
-    print("round trip OK" if code == 0 else "round trip failed", flush=True)
-    return code
+    return run_and_report(run, args, "round trip")
 
 
 if __name__ == "__main__":
