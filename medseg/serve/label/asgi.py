@@ -35,7 +35,6 @@ it gets from the server (the ASGI lifespan start-up under uvicorn).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import multiprocessing
 import os
@@ -59,7 +58,6 @@ from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedsegError
-from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix
 from medseg.serve.label import auth, labels, uploads, versions, worker
 from medseg.serve.label.worker import JobError, error_status
 
@@ -67,7 +65,6 @@ __all__ = ["app", "api", "stock_app", "startup", "infer_pool"]
 
 logger = logging.getLogger("medseg.serve")
 
-UPLOAD_SUFFIXES = SELF_CONTAINED_SUFFIXES  # one file must hold the whole image: no .nhdr
 INFER_WORKERS = max(1, int(os.environ.get("MEDSEG_SERVE_INFER_WORKERS", "1")))
 
 
@@ -129,28 +126,11 @@ for _target in (api, stock_app):
 
 
 def _save_upload(upload: UploadFile) -> str:
-    name = os.path.basename(upload.filename or "image.nii.gz")
-    suffix = image_suffix(name)
-    if suffix not in UPLOAD_SUFFIXES:
-        raise HTTPException(
-            status_code=415,
-            detail=f"upload {name!r} is not a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file; convert it first "
-            "(medseg convert) or upload the series to the DICOMweb server",
-        )
+    suffix = uploads.upload_suffix(os.path.basename(upload.filename or "image.nii.gz"))
     fd, path = tempfile.mkstemp(prefix="medseg-upload-", suffix=suffix)
     with os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(upload.file, out)
     return path
-
-
-def _parse_params(params: str | None) -> dict[str, Any]:
-    try:
-        parsed = json.loads(params) if params else {}
-    except json.JSONDecodeError as exc:
-        raise HTTPException(status_code=400, detail=f"params is not valid JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise HTTPException(status_code=400, detail="params must be a JSON object")
-    return parsed
 
 
 def _datastore_has(instance: Any, image: str) -> bool:
@@ -192,7 +172,7 @@ async def api_run_inference(
     if model not in instance.infer_names():
         names = ", ".join(instance.infer_names()) or "none"
         raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has: {names}")
-    p = _parse_params(params)
+    p = uploads.parse_params(params)
     sources = [s for s in (bool(image), file is not None, bool(session_id)) if s]
     if len(sources) != 1:
         raise HTTPException(

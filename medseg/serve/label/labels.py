@@ -16,7 +16,6 @@ The checks (:func:`check_label`) import neither fastapi nor monailabel; :func:`m
 builds the route in the MONAI Label venv.
 """
 
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.serve.label.uploads import parse_params
 
 __all__ = [
     "AFFINE_TOLERANCE",
@@ -251,12 +251,7 @@ def make_router(allowed_labels: Any, label_names: Any) -> Any:
                 status_code=415,
                 detail=f"label {name!r} is not a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or DICOM SEG (.dcm) file",
             )
-        try:
-            save_params = json.loads(params) if params else {}
-        except json.JSONDecodeError as exc:
-            raise HTTPException(status_code=400, detail=f"params is not valid JSON: {exc}") from None
-        if not isinstance(save_params, dict):
-            raise HTTPException(status_code=400, detail="params must be a JSON object")
+        save_params = parse_params(params)
         if user is not None and getattr(user, "username", None):
             save_params["user"] = user.username
         folder = tempfile.mkdtemp(prefix="medseg-label-")

@@ -38,6 +38,42 @@ def image_id_of(requested: str | None, filename: str) -> str:
     return image_id
 
 
+def upload_suffix(name: str) -> str:
+    """The image ending of an uploaded image's file name (``.nii.gz``, ``.nrrd``, ...).
+
+    Raises:
+        fastapi.HTTPException: 415, with what to do, for anything that is not one self-contained
+            NIfTI/NRRD file (a DICOM series goes to the DICOMweb server; ``.nhdr`` needs its data file).
+    """
+    from fastapi import HTTPException
+
+    suffix = image_suffix(name)
+    if suffix not in SELF_CONTAINED_SUFFIXES:
+        raise HTTPException(
+            status_code=415,
+            detail=f"upload {name!r} is not a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file; convert it first "
+            "(medseg convert) or upload the series to the DICOMweb server",
+        )
+    return suffix
+
+
+def parse_params(params: str | None) -> dict[str, Any]:
+    """The ``params`` form field of an upload or request: a JSON object (``{}`` when absent).
+
+    Raises:
+        fastapi.HTTPException: 400 when it is not valid JSON or not an object.
+    """
+    from fastapi import HTTPException
+
+    try:
+        parsed = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise HTTPException(status_code=400, detail=f"params is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise HTTPException(status_code=400, detail="params must be a JSON object")
+    return parsed
+
+
 def make_router() -> Any:
     """The upload routes (MONAI Label venv only)."""
     from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
@@ -65,20 +101,12 @@ def make_router() -> Any:
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),  # noqa: B008
     ):
         name = os.path.basename(file.filename or "image.nii.gz")
-        suffix = image_suffix(name)
-        if suffix not in SELF_CONTAINED_SUFFIXES:
-            raise HTTPException(
-                status_code=415,
-                detail=f"upload {name!r} is not a NIfTI (.nii, .nii.gz) or NRRD (.nrrd) file; convert it first "
-                "(medseg convert) or upload the series to the DICOMweb server",
-            )
+        suffix = upload_suffix(name)
         try:
             image_id = image_id_of(image, name)
-            save_params = json.loads(params) if params else {}
-        except (ValueError, json.JSONDecodeError) as exc:
+        except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
-        if not isinstance(save_params, dict):
-            raise HTTPException(status_code=400, detail="params must be a JSON object")
+        save_params = parse_params(params)
         if user is not None and getattr(user, "username", None):
             save_params["user"] = user.username
         folder = tempfile.mkdtemp(prefix="medseg-upload-")
