@@ -55,6 +55,7 @@ __all__ = [
     "get_pool_and_conv_props",
     "target_spacing",
     "estimate_step",
+    "installed_versions",
     "make_plan",
     "explain",
 ]
@@ -815,7 +816,7 @@ def _concepts(concepts: Mapping[str, Any] | None, labels: Mapping[str, str]) -> 
     return dict(sorted(checked.items(), key=lambda kv: int(kv[0])))
 
 
-def _versions() -> dict[str, str]:
+def installed_versions() -> dict[str, str]:
     """The installed versions the bundle's metadata.json names, recorded so re-rendering is exact."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -1103,7 +1104,7 @@ def make_plan(
             | {"labels": labels},
             "concepts": _concepts(concepts if concepts is not None else dataset.get("concepts"), labels),
             "metadata": _metadata_text(input_overrides.get("metadata", {})),
-            "versions": _versions(),
+            "versions": installed_versions(),
         },
         "values": values,
     }

@@ -719,15 +719,9 @@ def _versions(plan: Mapping[str, Any]) -> dict[str, str]:
     recorded = plan["inputs"].get("versions")
     if recorded:
         return dict(recorded)
-    from importlib.metadata import PackageNotFoundError, version
+    from medseg.plan.planner import installed_versions
 
-    out = {}
-    for name in ("monai", "torch", "numpy", "pytorch-ignite", "nibabel", "tensorboard", "medseg"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
+    return installed_versions()
 
 
 def _metadata(r: _Recipe, record: Mapping[str, Any] | None) -> dict[str, Any]:
