@@ -22,11 +22,23 @@ from typing import Any
 __all__ = ["atomic_copy", "atomic_write", "atomic_write_json", "atomic_write_text"]
 
 
-def _umask_mode() -> int:
-    # os.umask can only be read by setting it; set it back at once
+def _umask() -> int:
+    """The process umask. Linux reports it in /proc; elsewhere ``os.umask`` can only read it by setting
+    it, which for a moment changes it for every thread (the server writes files from several)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _umask_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

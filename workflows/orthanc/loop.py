@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "workflows"))  # http_client
 from http_client import call  # noqa: E402
 from roundtrip import (  # noqa: E402
     Failed,
+    StepLog,
     check,
     default_series,
     fetch_series_instances,
@@ -85,11 +86,7 @@ def run(args: argparse.Namespace) -> dict:
     report: dict = {"steps": []}
     orthanc = f"http://127.0.0.1:{args.orthanc_port}"
     dicomweb = f"{orthanc}/dicom-web"
-    t0 = time.monotonic()
-
-    def step(name: str, **details) -> None:
-        report["steps"].append({"step": name, "t": round(time.monotonic() - t0, 1), **details})
-        print(f"[{time.monotonic() - t0:6.1f} s] {name} {json.dumps(details) if details else ''}", flush=True)
+    step = StepLog(report)
 
     python = Path(args.label_python) if args.label_python else find_label_python(create=False)
     bundles = discover_bundles(REPO / "bundles", [args.bundle] if args.bundle else None)

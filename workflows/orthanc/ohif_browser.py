@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))
 from roundtrip import (  # noqa: E402 - also puts the repository and workflows/ on sys.path
     REPO,
     Failed,
+    StepLog,
     call,
     check,
     default_series,
@@ -365,13 +366,10 @@ class Session:
     shots: Path
     report: dict
     ui_timeout: float
-    t0: float = field(default_factory=time.monotonic)
+    step: StepLog = field(init=False)
 
-    def step(self, name: str, **details: Any) -> None:
-        """Record a passed stage in the report and print it."""
-        elapsed = time.monotonic() - self.t0
-        self.report["steps"].append({"step": name, "t": round(elapsed, 1), **details})
-        print(f"[{elapsed:6.1f} s] {name} {json.dumps(details) if details else ''}", flush=True)
+    def __post_init__(self) -> None:
+        self.step = StepLog(self.report)  # record a passed stage in the report and print it
 
     def shot(self, name: str) -> Path:
         """Save a screenshot of the whole window as ``name`` in the screenshot folder."""

@@ -113,6 +113,20 @@ def fetch_series_instances(orthanc: str, series_uid: str) -> list[bytes]:
     return [call("GET", f"{orthanc}/instances/{oid}/file").body for oid in found.json()]
 
 
+class StepLog:
+    """The timed steps of a check script: appended to ``report["steps"]`` and printed as they pass."""
+
+    def __init__(self, report: dict) -> None:
+        self.report = report
+        self.t0 = time.monotonic()
+        report.setdefault("steps", [])
+
+    def __call__(self, name: str, **details) -> None:
+        elapsed = time.monotonic() - self.t0
+        self.report["steps"].append({"step": name, "t": round(elapsed, 1), **details})
+        print(f"[{elapsed:6.1f} s] {name} {json.dumps(details) if details else ''}", flush=True)
+
+
 def run_and_report(run: Callable[[argparse.Namespace], dict], args: argparse.Namespace, name: str) -> int:
     """Run one check script's ``run(args)``: its JSON report to ``args.report``, "<name> OK" or the
     failure on the console, and exit code 0 or 1 (shared by the round trip, loop and OHIF scripts)."""
@@ -142,11 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     report: dict = {"steps": []}
     orthanc = f"http://127.0.0.1:{args.orthanc_port}"
     dicomweb = f"{orthanc}/dicom-web"
-    t0 = time.monotonic()
-
-    def step(name: str, **details) -> None:
-        report["steps"].append({"step": name, "t": round(time.monotonic() - t0, 1), **details})
-        print(f"[{time.monotonic() - t0:6.1f} s] {name} {json.dumps(details) if details else ''}", flush=True)
+    step = StepLog(report)
 
     orthanc_proc = start_orthanc(workdir / "orthanc-storage", args.orthanc_port, workdir / "orthanc.log")
     server = None
