@@ -25,6 +25,7 @@ __all__ = [
     "DicomError",
     "GeometryError",
     "SeriesSelectionError",
+    "DatasetError",
     "BundleError",
     "ConfigError",
     "cause_chain",
@@ -97,6 +98,10 @@ class GeometryError(InputError):
 
 class SeriesSelectionError(InputError):
     """A folder holds several series and none (or an unknown one) was selected."""
+
+
+class DatasetError(InputError):
+    """A labelled dataset cannot be planned or trained on: the message names the case and the fix."""
 
 
 class BundleError(MedsegError):

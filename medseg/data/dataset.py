@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from medseg.data.datalist import DEFAULT_NUM_FOLDS
-from medseg.errors import InputError, first_line
+from medseg.errors import DatasetError, InputError, first_line
 from medseg.io.formats import PHOTO_SUFFIXES, strip_image_suffix
 
 __all__ = [
@@ -55,10 +55,6 @@ __all__ = [
 GRID_TOLERANCE_VOXELS = 0.01
 # Channel names that make a 3-channel PNG an RGB photograph (case-insensitive).
 RGB_CHANNEL_NAMES = (("r", "g", "b"), ("red", "green", "blue"))
-
-
-class DatasetError(InputError):
-    """A labelled dataset cannot be planned or trained on: the message names the case and the fix."""
 
 
 @dataclass(frozen=True)
