@@ -28,6 +28,7 @@ __all__ = [
     "load_weights",
     "read_inference_config",
     "load_inference",
+    "is_ensemble",
 ]
 
 # Keys under which checkpoints wrap the network's state dict (MONAI's CheckpointSaver/CheckpointLoader
@@ -173,7 +174,7 @@ def load_inference(
     if adjust is not None:
         adjust(parser)
     path = Path(weights) if weights is not None else bundle.weights
-    if not path.is_file():
+    if not path.is_file() and not is_ensemble(bundle):
         raise BundleError(f"bundle {bundle.name} has no weights at {path}; train or download them first")
     try:
         network = parser.get_parsed_content("network_def", instantiate=True)
@@ -183,7 +184,10 @@ def load_inference(
         raise BundleError(
             f"cannot build the bundle's network, preprocessing or inferer: {first_line(exc)}"
         ) from exc
-    network = load_weights(network, path, device).eval()
+    if getattr(network, "loads_own_weights", False):  # an ensemble loads one file per member
+        network = network.to(device).eval()
+    else:
+        network = load_weights(network, path, device).eval()
     roi = getattr(inferer, "roi_size", None) or parser.get("roi_size")
     return BundleInference(
         bundle=bundle,
@@ -195,6 +199,12 @@ def load_inference(
         spatial_dims=_spatial_dims(parser.get("network_def", {}), network),
         parser=parser,
     )
+
+
+def is_ensemble(bundle: Bundle) -> bool:
+    """Whether the bundle is a cross-validation ensemble (``plans/ensemble.json``; one weights file
+    per member under ``models/`` instead of ``models/model.pt``)."""
+    return (bundle.root / "plans" / "ensemble.json").is_file()
 
 
 def _spatial_dims(declared: Any, network: Any) -> int:

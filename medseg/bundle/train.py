@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.bundle.core import Bundle, run_workflow
+from medseg.bundle.loader import is_ensemble
 from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import BundleError, InputError
 from medseg.io.atomic import atomic_write_json
@@ -212,7 +213,7 @@ def evaluate_bundle(
             raise BundleError(f"weights file {weights} not found", param="weights")
         overrides["ckpt_dir"] = str(weights.parent)
         overrides["checkpointloader#load_path"] = str(weights)
-    elif not bundle.weights.is_file():
+    elif not bundle.weights.is_file() and not is_ensemble(bundle):
         raise BundleError(f"bundle {bundle.name} has no models/model.pt: train it first (medseg train)")
     out_json = Path(output).resolve() if output else bundle.root / "runs" / "eval" / "metrics.json"
     overrides["output_dir"] = str(out_json.parent)

@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES = [
     "medseg.cli.train",
     "medseg.cli.evaluate",
     "medseg.cli.bundle",
+    "medseg.cli.ensemble",
     "medseg.cli.segment",
     "medseg.cli.demo",
     "medseg.cli.serve",

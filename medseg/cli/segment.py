@@ -49,6 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation)")
     parser.add_argument(
+        "--fast", action="store_true", help="an ensemble bundle runs its first member only"
+    )
+    parser.add_argument(
         "--overlap", type=float, default=None, metavar="F", help="sliding-window overlap in [0, 1)"
     )
     parser.add_argument(
@@ -91,6 +94,7 @@ def _segment(args: argparse.Namespace, output: Path) -> Any:
             series_uid=args.series,
             device=args.device,
             tta=args.tta,
+            fast=args.fast,
             overlap=args.overlap,
             force=args.force,
             progress=not args.no_progress,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 __all__ = ["add_parser"]
 
@@ -46,6 +47,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "learning-rate schedule are fitted to it after the first iterations",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    parser.add_argument(
+        "--cv",
+        action="store_true",
+        help="cross-validation: one member per non-test fold (BUNDLE/cv/fold_K), each predicting its own "
+        "fold; finished members are skipped, interrupted ones resume; writes plans/cv.json",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="with --cv: the members to train (default 1 2 3 4); run several processes with different "
+        "folds in parallel",
+    )
     parser.add_argument("--output-dir", help="logs, checkpoints and weights go here instead of the bundle")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -54,8 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     start_time = time.time()
     from medseg.bundle import open_bundle, train_bundle
+    from medseg.errors import InputError
 
     bundle = open_bundle(args.bundle)
+    if args.cv:
+        return _run_cv(args, bundle)
+    if args.folds is not None:
+        raise InputError("--folds goes with --cv; use --fold K to train one network", param="folds")
     result = train_bundle(
         bundle,
         data_dir=args.data,
@@ -76,4 +96,35 @@ def run(args: argparse.Namespace) -> int:
         f"trained {bundle.name}: {result['epochs']} epochs, {result['iterations']} iterations in "
         f"{result['seconds'] / 60:.1f} min; {validation}"
     )
+    return 0
+
+
+def _run_cv(args: argparse.Namespace, bundle: Any) -> int:
+    from medseg.ensemble.cv import train_cv
+    from medseg.errors import InputError
+
+    if args.fold is not None or args.resume or args.output_dir:
+        raise InputError(
+            "--cv trains every member into BUNDLE/cv/fold_K and resumes unfinished ones itself; "
+            "drop --fold, --resume and --output-dir (or use --folds)",
+            param="cv",
+        )
+    summary = train_cv(
+        bundle,
+        data_dir=args.data,
+        folds=args.folds,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(f"{bundle.name} cross-validation ({summary['cases']} out-of-fold cases):")
+    names = list(summary["dice"])
+    print(f"{'fold':>4} " + " ".join(f"{n[:22]:>22}" for n in names) + f" {'mean':>7}")
+    for fold, member in summary["members"].items():
+        print(f"{fold:>4} " + " ".join(f"{member['dice'][n]:>22.4f}" for n in names) + f" {member['mean_dice']:>7.4f}")
+    print(f"{'all':>4} " + " ".join(f"{summary['dice'][n]:>22.4f}" for n in names) + f" {summary['mean_dice']:>7.4f}")
+    post = summary.get("postprocessing")
+    if post:
+        kept = [s["step"] for s in post["steps"] if s["accepted"]]
+        print("postprocessing: " + ("; ".join(kept) if kept else "none helps"))
     return 0

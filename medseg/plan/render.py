@@ -111,6 +111,8 @@ class _Recipe:
         self.network = dict(_v(plan, "network"))
         self.network["out_channels"] = "@num_classes"
         self.dataset_folder = dataset_folder
+        # connected-component steps accepted by cross-validation (plans/cv.json), or none
+        self.components: dict[str, Any] | None = None
         self.cpu_padding = self.dims == 3  # single 3-D windows run on oneDNN only in batches of two
 
     def volume_roi(self) -> list[int]:
@@ -245,6 +247,20 @@ class _Recipe:
             "mode": self.inference["mode"],
             **extra,
         }
+
+    def largest_components(self) -> list[dict[str, Any]]:
+        """The learned connected-component step after the argmax, when cross-validation accepted one."""
+        c = self.components
+        if not c or not (c.get("foreground") or c.get("classes")):
+            return []
+        return [
+            {
+                "_target_": "medseg.postprocess.LargestComponentsd",
+                "keys": "pred",
+                "foreground": bool(c.get("foreground")),
+                "classes": [int(v) for v in c.get("classes", [])],
+            }
+        ]
 
     def class_metrics(self, hd95: bool) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
@@ -523,10 +539,15 @@ def _evaluate(r: _Recipe) -> dict[str, Any]:
                     "nearest_interp": [False, True],
                     "to_tensor": True,
                 },  # fmt: skip
+                *(
+                    [{"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, *r.largest_components()]
+                    if r.largest_components()
+                    else []
+                ),
                 {
                     "_target_": "medseg.transforms.OneHotd",
                     "keys": ["pred", "label"],
-                    "argmax": [True, False],
+                    "argmax": [not r.largest_components(), False],
                     "num_classes": "@num_classes",
                 },  # fmt: skip
             ],
@@ -618,6 +639,7 @@ def _inference(r: _Recipe) -> dict[str, Any]:
                     "to_tensor": True,
                 },  # fmt: skip
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                *r.largest_components(),
                 {
                     "_target_": "SaveImaged",
                     "keys": "pred",
@@ -845,7 +867,52 @@ def _results(record: Mapping[str, Any] | None, test_fold: int) -> list[str]:
     ]
 
 
-def _readme(r: _Recipe, record: Mapping[str, Any] | None) -> str:
+def cv_section(cv: Mapping[str, Any] | None, labels: Mapping[int, str]) -> list[str]:
+    """The README's cross-validation table: each member's Dice on its own fold, and all folds pooled."""
+    if not cv:
+        return []
+    names = [labels[k] for k in sorted(labels) if k != 0]
+    rows = []
+    for fold, member in cv["members"].items():
+        cells = [f"{member['dice'][n]:.4f}" for n in names]
+        rows.append(
+            f"| {fold} | {member['cases']} | {member['epochs']} | "
+            + ("-" if member.get("minutes") is None else f"{member['minutes']:.1f}")
+            + " | "
+            + " | ".join(cells)
+            + f" | {member['mean_dice']:.4f} |"
+        )
+    pooled = " | ".join(f"{cv['dice'][n]:.4f}" for n in names)
+    lines = [
+        "## Cross-validation",
+        "One member per non-test fold (`medseg train BUNDLE --cv`): the member of fold k trains on the "
+        "other non-test folds and predicts fold k. Dice on each member's own fold (out-of-fold), and over "
+        "all out-of-fold cases:",
+        "",
+        "| fold | cases | epochs | minutes | " + " | ".join(names) + " | mean |",
+        "|---:|---:|---:|---:|" + "---:|" * (len(names) + 1),
+        *rows,
+        f"| all | {cv['cases']} | | | {pooled} | {cv['mean_dice']:.4f} |",
+        "",
+    ]
+    post = cv.get("postprocessing")
+    if post:
+        lines += [
+            "Postprocessing decided on these out-of-fold predictions (nnU-Net's rule: a step is kept when "
+            "the mean Dice rises and no class falls):",
+            "",
+            *[
+                f"- {step['step']}: {'accepted' if step['accepted'] else 'rejected'} (Dice "
+                f"{', '.join(f'{v:.4f}' for v in step['dice_before'])} -> "
+                f"{', '.join(f'{v:.4f}' for v in step['dice_after'])})"
+                for step in post.get("steps", [])
+            ],
+            "",
+        ]
+    return lines
+
+
+def _readme(r: _Recipe, record: Mapping[str, Any] | None, cv: Mapping[str, Any] | None = None) -> str:
     ds = r.dataset
     rows = []
     for key, entry in r.plan["values"].items():
@@ -883,6 +950,7 @@ def _readme(r: _Recipe, record: Mapping[str, Any] | None) -> str:
             *rows,
             "",
             *_results(record, t["test_fold"]),
+            *cv_section(cv, r.labels),
             "## Commands",
             "```bash",
             "# train (CPU or GPU) and evaluate on the test fold",
@@ -936,7 +1004,10 @@ def read_record(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def render_files(
-    plan: Mapping[str, Any], dataset_folder: str | None = None, record: Mapping[str, Any] | None = None
+    plan: Mapping[str, Any],
+    dataset_folder: str | None = None,
+    record: Mapping[str, Any] | None = None,
+    cv: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Every file of the bundle, as ``{relative path: text}``; deterministic for a plan.
 
@@ -947,6 +1018,8 @@ def render_files(
             default: the plan's ``inputs.dataset_folder``.
         record: the bundle's training record (:func:`read_record`): version, changelog, test-fold
             figures; default: none (an untrained bundle).
+        cv: the bundle's cross-validation record (``plans/cv.json``, :mod:`medseg.ensemble.cv`): its
+            Dice table goes into the README and its accepted postprocessing into the configs.
 
     Raises:
         ConfigError: the plan needs a configuration the template does not render yet.
@@ -955,6 +1028,7 @@ def render_files(
         dataset_folder or plan["inputs"].get("dataset_folder") or _slug(plan["inputs"]["dataset"]["name"])
     )
     r = _Recipe(plan, folder)
+    r.components = (cv or {}).get("postprocessing")
     files = {
         "configs/train.json": _dump(_train(r)),
         "configs/evaluate.json": _dump(_evaluate(r)),
@@ -962,7 +1036,7 @@ def render_files(
         "configs/multi_gpu_train.json": _dump(_multi_gpu(r)),
         "configs/logging.conf": _LOGGING_CONF,
         "configs/metadata.json": _dump(_metadata(r, record)),
-        "docs/README.md": _readme(r, record),
+        "docs/README.md": _readme(r, record, cv),
         "LICENSE": _license(r),
     }
     assert tuple(sorted(files)) == tuple(sorted(BUNDLE_FILES))
@@ -974,6 +1048,7 @@ def render_bundle(
     bundle_dir: str | os.PathLike,
     dataset_folder: str | None = None,
     record: Mapping[str, Any] | None = None,
+    cv: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write every file of the bundle under ``bundle_dir`` (each atomically); return the paths written.
 
@@ -982,10 +1057,11 @@ def render_bundle(
         bundle_dir: the bundle folder (created if missing).
         dataset_folder: see :func:`render_files`.
         record: see :func:`render_files`.
+        cv: see :func:`render_files`.
     """
     from medseg.io.atomic import atomic_write_text
 
-    files = render_files(plan, dataset_folder, record)  # everything is rendered before anything is written
+    files = render_files(plan, dataset_folder, record, cv)  # everything is rendered before anything is written
     root = Path(bundle_dir)
     written = []
     for relative, text in files.items():
@@ -995,29 +1071,54 @@ def render_bundle(
     return written
 
 
+def generated_from(bundle_dir: str | os.PathLike) -> str | None:
+    """The record a generated bundle is rendered from (``plans/plan.json``, or ``plans/ensemble.json``
+    for an ensemble), or None for a bundle that was not generated."""
+    root = Path(bundle_dir)
+    for relative in ("plans/ensemble.json", "plans/plan.json"):
+        if (root / relative).is_file():
+            return relative
+    return None
+
+
+def rendered_files(bundle_dir: str | os.PathLike) -> dict[str, str]:
+    """What a generated bundle's files must be, rendered from its ``plans/`` (no data, no timing).
+
+    Raises:
+        BundleError: the bundle has neither ``plans/plan.json`` nor ``plans/ensemble.json``.
+    """
+    from medseg.ensemble.cv import read_cv
+    from medseg.errors import BundleError
+
+    root = Path(bundle_dir)
+    source = generated_from(root)
+    if source is None:
+        raise BundleError(f"{root} has no plans/plan.json; it was not generated by medseg plan")
+    if source == "plans/ensemble.json":
+        from medseg.ensemble.bundle import render_ensemble_files
+
+        return render_ensemble_files(root)
+    plan = json.loads((root / source).read_text())
+    return render_files(plan, record=read_record(root), cv=read_cv(root))
+
+
 def check_bundle(bundle_dir: str | os.PathLike) -> list[str]:
-    """Re-render a bundle from its ``plans/`` (plan and training record; no data, no timing) and list
-    what differs.
+    """Re-render a bundle from its ``plans/`` (plan or ensemble record, training and cross-validation
+    records; no data, no timing) and list what differs.
 
     Args:
-        bundle_dir: a bundle written by ``medseg plan``.
+        bundle_dir: a bundle written by ``medseg plan`` or ``medseg ensemble choose``.
 
     Returns:
         The relative paths of generated files that are missing or differ from the rendering; empty
         when the bundle is exactly what its plan renders.
 
     Raises:
-        BundleError: the bundle has no ``plans/plan.json``.
+        BundleError: the bundle has no ``plans/plan.json`` (nor ``plans/ensemble.json``).
     """
-    from medseg.errors import BundleError
-
     root = Path(bundle_dir)
-    plan_file = root / "plans" / "plan.json"
-    if not plan_file.is_file():
-        raise BundleError(f"{root} has no plans/plan.json; it was not generated by medseg plan")
-    plan = json.loads(plan_file.read_text())
     different = []
-    for relative, text in render_files(plan, record=read_record(root)).items():
+    for relative, text in rendered_files(root).items():
         path = root / relative
         if not path.is_file() or path.read_text() != text:
             different.append(relative)

@@ -64,6 +64,7 @@ def segment(
     series_uid: str | None = None,
     device: str = "cpu",
     tta: bool = False,
+    fast: bool = False,
     overlap: float | None = None,
     force: bool = False,
     progress: bool = False,
@@ -75,7 +76,7 @@ def segment(
     are collected in :attr:`BatchResult.failures` and the other inputs still run.
     """
     items, single = discover_inputs(input_path, series_uid, exclude=output_dir)
-    runner = segmenter or Segmenter(bundle, device=device, tta=tta, overlap=overlap)
+    runner = segmenter or Segmenter(bundle, device=device, tta=tta, overlap=overlap, fast=fast)
 
     def one(item: InputItem, out: Path) -> Any:
         return runner.run(item.path, out, series_uid=item.series_uid, force=force)

@@ -109,6 +109,34 @@ def _uses_sigmoid(parser: Any, key: str = "postprocessing") -> bool:
     return any(_uses_sigmoid(parser, f"{key}#{child}") for child in children)
 
 
+class _Components:
+    """The bundle's learned connected-component step (``LargestComponentsd`` in its postprocessing),
+    applied to the label map on the input's grid, as ``inference.json`` applies it after ``Invertd``."""
+
+    def __init__(self, foreground: bool, classes: Sequence[int]) -> None:
+        self.foreground = bool(foreground)
+        self.classes = [int(c) for c in classes]
+
+    def __call__(self, labelmap: np.ndarray) -> np.ndarray:
+        from medseg.postprocess import largest_components
+
+        return largest_components(labelmap, self.foreground, self.classes)
+
+    def describe(self) -> str:
+        parts = ["largest component of all foreground"] if self.foreground else []
+        parts += [f"largest component of label {c}" for c in self.classes]
+        return "; ".join(parts)
+
+
+def _learned_postprocessing(config: Any) -> _Components | None:
+    """The ``medseg.postprocess.LargestComponentsd`` entry of a parsed postprocessing config, if any."""
+    items = config.get("transforms", []) if isinstance(config, Mapping) else []
+    for item in items if isinstance(items, list) else []:
+        if _target_name(item) == "LargestComponentsd":
+            return _Components(item.get("foreground", False), item.get("classes", []))
+    return None
+
+
 def _apply(transforms: Sequence[Any], data: Any) -> Any:
     """Apply transforms; a medseg error inside one is raised as is, any other as a one-line BundleError.
 
@@ -161,6 +189,7 @@ class Segmenter:
         config: the bundle config to read (``inference``).
         parallel_outputs: write the DICOM SEG in a forked child process while this one writes
             the NIfTI, overlay and report (Linux only; elsewhere they are written one by one).
+        fast: an ensemble bundle (:class:`medseg.ensemble.EnsembleNetwork`) runs its first member only.
 
     Raises:
         BundleError: the bundle's config, network or weights cannot be used;
@@ -176,6 +205,7 @@ class Segmenter:
         sw_batch_size: int | None = None,
         config: str = "inference",
         parallel_outputs: bool = True,
+        fast: bool = False,
     ) -> None:
         from monai.inferers import SliceInferer
 
@@ -187,6 +217,7 @@ class Segmenter:
         self.device = self._check_device(device)
         self.tta = tta
         self.parallel_outputs = parallel_outputs
+        self.fast = fast
         self.input_format: Mapping[str, Any] = self.bundle.input_format
         self.input_key = self.bundle.input_key
 
@@ -194,6 +225,8 @@ class Segmenter:
         self.preprocessing = inference.preprocessing
         self.inferer = inference.inferer
         network = inference.network
+        self.members: list[str] = list(getattr(network, "names", []))
+        self.components = _learned_postprocessing(inference.postprocessing)
         self.network = ChannelsLast(network) if self.device.type == "cpu" else network
         self._configure_inferer(overlap, sw_batch_size)
         self.labels = self.bundle.labels
@@ -226,6 +259,12 @@ class Segmenter:
                 "supports mutually exclusive labels (softmax/argmax) only"
             )
         self._float32_spacing(parser)
+        if self.fast:
+            if _target_name(parser.get("network_def")) != "EnsembleNetwork":
+                raise ConfigError(
+                    "fast: the bundle is not an ensemble (its network_def is one network)", param="fast"
+                )
+            parser["network_def#fast"] = True
 
     @staticmethod
     def _float32_spacing(parser: Any) -> None:
@@ -262,6 +301,8 @@ class Segmenter:
             "amp": self.device.type == "cuda",
             "tta": self.tta,
             "tta_flip_axes": self.flip_axes,
+            "members": self.members or None,
+            "postprocessing": self.components.describe() if self.components else None,
             "inferer": type(inferer).__name__,
             "roi_size": [int(v) for v in getattr(inferer, "roi_size", [])] or None,
             "overlap": getattr(inferer, "overlap", None),
@@ -397,6 +438,9 @@ class Segmenter:
         with timer.stage("invert"):
             labelmap = resample_labels_nearest(net_labels, net_affine, original_affine, geometry["shape"])
             del net_labels
+        if self.components is not None:
+            with timer.stage("postprocess"):
+                labelmap = self.components(labelmap)
         return Prediction(
             labelmap=labelmap,
             affine=original_affine,
