@@ -29,6 +29,7 @@ __all__ = [
     "read_inference_config",
     "load_inference",
     "is_ensemble",
+    "weight_files",
 ]
 
 # Keys under which checkpoints wrap the network's state dict (MONAI's CheckpointSaver/CheckpointLoader
@@ -205,6 +206,16 @@ def is_ensemble(bundle: Bundle) -> bool:
     """Whether the bundle is a cross-validation ensemble (``plans/ensemble.json``; one weights file
     per member under ``models/`` instead of ``models/model.pt``)."""
     return (bundle.root / "plans" / "ensemble.json").is_file()
+
+
+def weight_files(bundle: Bundle) -> list[Path]:
+    """The weights files a bundle runs with: ``models/model.pt``, or one per member of an ensemble."""
+    if not is_ensemble(bundle):
+        return [bundle.weights]
+    import json
+
+    record = json.loads((bundle.root / "plans" / "ensemble.json").read_text())
+    return [bundle.root / member["weights"] for member in record.get("members", [])]
 
 
 def _spatial_dims(declared: Any, network: Any) -> int:

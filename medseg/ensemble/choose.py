@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from medseg.bundle.core import Bundle, open_bundle
-from medseg.ensemble.cv import case_dice, cv_folds, load_oof, load_reference, read_cv
+from medseg.ensemble.cv import cv_folds, load_oof, load_reference, read_cv
 from medseg.errors import BundleError, ConfigError
+from medseg.evaluation import case_dice
 
 __all__ = ["choose_configuration", "check_members"]
 

@@ -31,12 +31,12 @@ import numpy as np
 from medseg.bundle.core import Bundle
 from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import BundleError, InputError
+from medseg.evaluation import case_dice, mean_dice
 from medseg.io.atomic import atomic_write, atomic_write_json
 
 __all__ = [
     "CV_FOLDS",
     "CV_RECORD",
-    "case_dice",
     "cv_folds",
     "load_oof",
     "load_reference",
@@ -72,16 +72,6 @@ def read_cv(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path} is not valid JSON ({exc}); remove it and rerun medseg train --cv") from exc
-
-
-def case_dice(pred: np.ndarray, reference: np.ndarray, classes: Sequence[int]) -> list[float]:
-    """Dice of each class for one case; NaN where both are empty (nnU-Net's rule: ignored in means)."""
-    out = []
-    for c in classes:
-        p, r = pred == c, reference == c
-        denominator = int(p.sum()) + int(r.sum())
-        out.append(float("nan") if denominator == 0 else 2.0 * int((p & r).sum()) / denominator)
-    return out
 
 
 def _dataset_dir(inference: Any, data_dir: str | os.PathLike | None) -> Path:
@@ -152,14 +142,7 @@ def predict_oof(
             )
         atomic_write(out / f"{item['case_id']}.npz", lambda p, a=prob: np.savez_compressed(p, probabilities=a))
         per_case[item["case_id"]] = case_dice(prob.argmax(0), reference, classes)
-    return {"fold": fold, "cases": len(items), **_means(per_case, bundle.labels), "per_case": per_case}
-
-
-def _means(per_case: Mapping[str, Sequence[float]], labels: Mapping[int, str]) -> dict[str, Any]:
-    names = [labels[k] for k in sorted(labels) if k != 0]
-    table = np.array(list(per_case.values()), dtype=float).reshape(-1, len(names))
-    dice = {name: round(float(np.nanmean(table[:, i])), 4) for i, name in enumerate(names)}
-    return {"dice": dice, "mean_dice": round(float(np.mean(list(dice.values()))), 4)}
+    return {"fold": fold, "cases": len(items), **mean_dice(per_case, bundle.labels), "per_case": per_case}
 
 
 def load_oof(bundle: Bundle, case: str, fold: int) -> np.ndarray:
@@ -185,7 +168,7 @@ def summarize(bundle: Bundle, members: Mapping[int, Mapping[str, Any]]) -> dict[
             for k, m in sorted(members.items())
         },
         "cases": len(pooled),
-        **_means(pooled, bundle.labels),
+        **mean_dice(pooled, bundle.labels),
     }
 
 

@@ -30,7 +30,7 @@ NO_POSTPROCESSING: dict[str, Any] = {"foreground": False, "classes": []}
 def _mean_dice(
     cases: Sequence[tuple[np.ndarray, np.ndarray]], classes: Sequence[int]
 ) -> np.ndarray:
-    from medseg.ensemble.cv import case_dice
+    from medseg.evaluation import case_dice
 
     table = np.array([case_dice(pred, ref, classes) for pred, ref in cases], dtype=float)
     return np.nanmean(table.reshape(-1, len(classes)), axis=0)

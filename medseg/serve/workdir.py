@@ -30,6 +30,7 @@ from pathlib import Path
 
 from medseg import paths
 from medseg.bundle.core import Bundle, open_bundle
+from medseg.bundle.loader import is_ensemble, weight_files
 from medseg.errors import BundleError, ConfigError, InputError, MedsegError
 from medseg.io.atomic import atomic_copy
 from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix, strip_image_suffix
@@ -95,9 +96,9 @@ def discover_bundles(bundles_root: str | os.PathLike, names: list[str] | None = 
     found = [open_bundle(p) for p in sorted(root.iterdir()) if (p / "configs" / "metadata.json").is_file()]
     if not found:
         raise BundleError(f"no MONAI bundle (folder with configs/metadata.json) in {root}")
-    bundles = [b for b in found if b.weights.is_file()]
+    bundles = [b for b in found if _trained(b)]
     for bundle in found:
-        if not bundle.weights.is_file():
+        if not _trained(bundle):
             logger.warning("not serving bundle %s: it has no models/model.pt yet", bundle.name)
     if not bundles:
         raise BundleError(f"no bundle in {root} has trained weights (models/model.pt) to serve")
@@ -163,12 +164,14 @@ def sync_bundle(bundle: Bundle, model_root: Path) -> Path:
     Raises:
         BundleError: the bundle has no ``models/model.pt``.
     """
-    if not bundle.weights.is_file():
+    if not _trained(bundle):
         raise BundleError(
             f"bundle {bundle.name} has no models/model.pt to serve; train it first "
             f"(medseg train {bundle.root}) or leave it out with --bundles"
         )
     dest = model_root / bundle.name
+    if is_ensemble(bundle):  # inference only: its record and one weights file per member
+        return _sync_ensemble(bundle, dest)
     (dest / "models").mkdir(parents=True, exist_ok=True)
     for part in SHIPPED_BUNDLE_PARTS:
         src = bundle.root / part
@@ -189,6 +192,30 @@ def sync_bundle(bundle: Bundle, model_root: Path) -> Path:
         json.dumps(
             {"source": str(bundle.root), "model_sha256": shipped_hash, "version": bundle.version}, indent=2
         )
+    )
+    return dest
+
+
+def _trained(bundle: Bundle) -> bool:
+    return all(path.is_file() for path in weight_files(bundle))
+
+
+def _sync_ensemble(bundle: Bundle, dest: Path) -> Path:
+    """A served copy of an ensemble bundle: configs, docs, LICENSE, plans/ and the members' weights."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for part in (*SHIPPED_BUNDLE_PARTS, "plans"):
+        src = bundle.root / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part)
+        elif src.is_file():
+            shutil.copy2(src, dest / part)
+    for path in weight_files(bundle):
+        target = dest / path.relative_to(bundle.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_copy(path, target)
+    (dest / "medseg-source.json").write_text(
+        json.dumps({"source": str(bundle.root), "version": bundle.version, "ensemble": True}, indent=2)
     )
     return dest
 

@@ -51,12 +51,12 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 import medseg
 from medseg.bundle.core import open_bundle
-from medseg.bundle.loader import load_weights
+from medseg.bundle.loader import is_ensemble, load_weights, weight_files
 from medseg.io.atomic import atomic_copy
 from medseg.serve.label.versions import (
     VERSION_FILE,
@@ -124,12 +124,26 @@ def resolve_weights(bundle_path: str | os.PathLike, name: Any) -> Path:
 # tasks
 
 
+class _MemberConstants(BundleConstants):
+    """An ensemble has no models/model.pt: MONAI Label checks for a member's weights file instead."""
+
+    def __init__(self, filename: str) -> None:
+        super().__init__()
+        self._filename = filename
+
+    def model_pytorch(self) -> str:
+        return self._filename
+
+
 class MedsegInferTask(BundleInferTask):
     """Bundle inference that is safe to run from several threads and knows weight versions."""
 
     def __init__(self, path: str, conf: dict[str, str], **kwargs: Any) -> None:
         self._config_lock = threading.RLock()
         self._network_lock = threading.Lock()
+        files = weight_files(open_bundle(path)) if is_ensemble(open_bundle(path)) else []
+        if files:  # MONAI Label builds network_def only when models/<model_pytorch()> exists
+            kwargs.setdefault("const", _MemberConstants(files[0].name))
         super().__init__(path, conf, load_strict=True, **kwargs)
         if self.valid:
             self.label_names = open_bundle(self.bundle_path).labels
@@ -137,10 +151,19 @@ class MedsegInferTask(BundleInferTask):
             # stock list here, sorted by name length, would always pick model.pt)
             self._config["model_filename"] = LATEST
 
+    @property
+    def ensemble(self) -> bool:
+        """A cross-validation ensemble: its network_def loads one weights file per member itself."""
+        return is_ensemble(open_bundle(self.bundle_path))
+
     def is_valid(self) -> bool:
+        if self.ensemble:
+            return bool(self.valid)
         return bool(self.valid) and latest_weights(self.bundle_path).is_file()
 
     def get_path(self, validate: bool = True) -> str | None:
+        if self.ensemble:
+            return str(Path(self.bundle_path) / "plans" / "ensemble.json")
         path = latest_weights(self.bundle_path)
         return str(path) if path.is_file() or not validate else None
 
@@ -155,7 +178,11 @@ class MedsegInferTask(BundleInferTask):
         info = super().info()
         info["bundle"] = os.path.basename(self.bundle_path)
         info["label_names"] = {str(k): v for k, v in self.label_names.items()}
-        info["weights"] = latest_weights(self.bundle_path).name
+        if self.ensemble:
+            info["weights"] = "ensemble"
+            info["members"] = list(getattr(self.network, "names", []))
+        else:
+            info["weights"] = latest_weights(self.bundle_path).name
         return info
 
     # MONAI's ConfigParser resolves references with shared state: build transforms one at a time
@@ -172,6 +199,14 @@ class MedsegInferTask(BundleInferTask):
             return super().inferer(data)
 
     def _get_network(self, device, data):
+        if self.ensemble:  # the members' weights were loaded when network_def was built
+            if data is not None:
+                data["medseg_weights"] = "ensemble"
+            with self._network_lock:
+                key = (str(device), "ensemble")
+                if key not in self._networks:
+                    self._networks[key] = (copy.deepcopy(self.network).to(device).eval(), None)
+                return self._networks[key][0]
         path = resolve_weights(self.bundle_path, (data or {}).get("model_filename"))
         stat = path.stat()
         key = (str(device), str(path))
@@ -656,6 +691,8 @@ class MedsegLabelApp(MONAILabelApp):
     def init_trainers(self):
         trainers = {}
         for name in self.bundle_names:
+            if is_ensemble(open_bundle(self.model_dir / name)):
+                continue  # an ensemble is retrained member by member (medseg train --cv), not here
             task = MedsegTrainTask(str(self.model_dir / name), self.conf)
             if task.is_valid():
                 trainers[name] = task
