@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from medseg.bundle.core import Bundle
-from medseg.bundle.loader import BundleInference, load_inference
+from medseg.bundle.loader import BundleInference, is_ensemble, load_inference
 from medseg.errors import BundleError
 from medseg.io.atomic import atomic_write
 
@@ -39,6 +39,11 @@ def export_bundle(
     Returns:
         ``{"format", "path", "input_shape", "max_abs_diff"}``.
     """
+    if is_ensemble(bundle):
+        raise BundleError(
+            f"bundle {bundle.name} is a cross-validation ensemble (its members run in Python, each in its own "
+            "sliding window): export its configurations' bundles, or serve the ensemble with medseg serve"
+        )
     if not bundle.weights.is_file():
         raise BundleError(f"bundle {bundle.name} has no models/model.pt to export")
     fmt = fmt.lower()
