@@ -129,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     plans.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plans / "fingerprint.json", fingerprint)
     atomic_write_json(plans / "plan.json", plan)
+    for stale in ("training.json", "cv.json"):  # they describe runs of the replaced plan
+        if (plans / stale).is_file():
+            (plans / stale).unlink()
+            print(f"removed plans/{stale}: it recorded a run of the replaced plan; record the new run's")
     if not not_rendered:
         render_bundle(plan, args.output)
     if args.explain:

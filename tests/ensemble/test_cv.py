@@ -110,3 +110,24 @@ def test_cv_refuses_the_test_fold_and_single_run_flags(capsys) -> None:
     assert "fold 0 is the test fold" in capsys.readouterr().err
     assert main(["train", "bundles/hippocampus_unet3d", "--cv", "--fold", "2"]) != 0
     assert "--cv trains every member" in capsys.readouterr().err
+
+
+def test_choose_refuses_a_bundle_without_cross_validation(capsys) -> None:
+    # the shipped 2-D U-Net has one network (plans/cv.json absent): choose says how to make members
+    assert main(["ensemble", "choose", "bundles/hippocampus_unet2d", "--output", "unused"]) != 0
+    err = capsys.readouterr().err
+    assert "no cross-validation member for fold 1" in err and "--cv" in err
+    assert not Path("unused").exists()
+
+
+def test_export_refuses_an_ensemble(tmp_path: Path) -> None:
+    from medseg.bundle import export_bundle, open_bundle
+    from medseg.errors import BundleError
+
+    root = tmp_path / "ensemble"
+    (root / "configs").mkdir(parents=True)
+    (root / "plans").mkdir()
+    (root / "configs" / "metadata.json").write_text("{}")
+    (root / "plans" / "ensemble.json").write_text("{}")
+    with pytest.raises(BundleError, match="cross-validation ensemble"):
+        export_bundle(open_bundle(root), "torchscript", tmp_path / "out.ts")
