@@ -1,6 +1,7 @@
 """From labelled folder to test-fold Dice under a wall-clock budget: ``medseg plan`` against nnU-Net v2.
 
-For each dataset and budget, side by side in one run on the same CPU, each tool pinned to its own
+For each dataset (MSD hippocampus, the left atrium, and a 2-D PNG set of one axial slice per
+hippocampus case) and budget, side by side in one run on the same CPU, each tool pinned to its own
 core (``taskset``; its data-augmentation workers too) with one torch thread:
 
 * **medseg**: ``medseg plan DATA --target cpu --max-minutes M``, ``medseg train --max-minutes M``
@@ -42,9 +43,13 @@ sys.path.insert(0, str(REPO))
 
 from medseg import paths  # noqa: E402
 
+# name: (folder under the data folder, or None for a dataset built here; spatial dims)
 DATASETS = {
     "hippocampus": ("msd-task04-hippocampus", 3),
     "left_atrium": ("la2018-left-atrium", 3),
+    # 2-D: one axial slice per hippocampus case as a PNG nnU-Net dataset (the data folder's polyp
+    # photos are 5, too few for a 5-fold split with a test fold)
+    "hippocampus_slices": (None, 2),
 }
 
 # nnU-Net's default trainer with a wall-clock budget; written into its package (nnU-Net finds trainer
@@ -287,11 +292,20 @@ def benchmark(dataset: str, minutes: float, args: argparse.Namespace, dataset_id
     from medseg.data.dataset import open_dataset
 
     folder, dims = DATASETS[dataset]
-    data = paths.data_dir() / folder
-    labels = dict(open_dataset(data).labels)
     work = Path(args.workdir) / f"{dataset}_{int(minutes)}min"
     if work.exists():
         shutil.rmtree(work)
+    if folder is None:  # written as the tests write it
+        sys.path.insert(0, str(REPO / "tests"))
+        from support.datasets import write_hippocampus_slices
+
+        data = Path(args.workdir) / f"{dataset}_data"
+        if data.exists():
+            shutil.rmtree(data)
+        write_hippocampus_slices(paths.data_dir() / "msd-task04-hippocampus", data)
+    else:
+        data = paths.data_dir() / folder
+    labels = dict(open_dataset(data).labels)
     (work / "medseg").mkdir(parents=True)
     (work / "nnunet").mkdir()
     runs: dict[str, Any] = {}

@@ -74,13 +74,15 @@ def nnunet_copy(tmp_path: Path, hippocampus_dir: Path) -> Callable[..., Path]:
     return make
 
 
-@pytest.fixture
-def kvasir_png(tmp_path: Path, shared_data: Path) -> Path:
-    """The Kvasir-SEG polyp photos as a 2-D nnU-Net dataset: RGB ``<case>_0000.png``, masks at 127."""
+def write_kvasir_png(source: Path, root: Path) -> Path:
+    """The Kvasir-SEG polyp photos as a 2-D nnU-Net dataset: RGB ``<case>_0000.png``, masks at 127.
+
+    Args:
+        source: the ``2d/kvasir-seg`` folder (``images/*.jpg``, ``masks/*.jpg``).
+        root: the dataset folder to write (created).
+    """
     from PIL import Image
 
-    source = shared_data / "2d" / "kvasir-seg"
-    root = tmp_path / "kvasir"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     cases = sorted(p.stem for p in (source / "images").glob("*.jpg"))
@@ -100,6 +102,12 @@ def kvasir_png(tmp_path: Path, shared_data: Path) -> Path:
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
     return root
+
+
+@pytest.fixture
+def kvasir_png(tmp_path: Path, shared_data: Path) -> Path:
+    """The Kvasir-SEG polyp photos as a 2-D nnU-Net dataset (:func:`write_kvasir_png`)."""
+    return write_kvasir_png(shared_data / "2d" / "kvasir-seg", tmp_path / "kvasir")
 
 
 @pytest.fixture
