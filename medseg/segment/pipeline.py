@@ -227,6 +227,7 @@ class Segmenter:
         network = inference.network
         self.members: list[str] = list(getattr(network, "names", []))
         self.components = _learned_postprocessing(inference.postprocessing)
+        self.model = network  # unwrapped (an ensemble's members and their windows are in it)
         self.network = ChannelsLast(network) if self.device.type == "cpu" else network
         self._configure_inferer(overlap, sw_batch_size)
         self.labels = self.bundle.labels
@@ -278,15 +279,23 @@ class Segmenter:
         import torch
 
         inferer = self.inferer
+        # an ensemble's members keep their own windows inside the network: the settings apply there
+        windows = [inferer] + [
+            group.inferer for group in getattr(self.model, "groups", []) if group.inferer is not None
+        ]
         if overlap is not None:
-            if not hasattr(inferer, "overlap"):
+            if not any(hasattr(w, "overlap") for w in windows):
                 raise ConfigError(
                     f"overlap: the bundle's inferer {type(inferer).__name__} has no overlap setting",
                     param="overlap",
                 )
-            inferer.overlap = float(overlap)
-        if sw_batch_size is not None and hasattr(inferer, "sw_batch_size"):
-            inferer.sw_batch_size = int(sw_batch_size)
+            for window in windows:
+                if hasattr(window, "overlap"):
+                    window.overlap = float(overlap)
+        if sw_batch_size is not None:
+            for window in windows:
+                if hasattr(window, "sw_batch_size"):
+                    window.sw_batch_size = int(sw_batch_size)
         if hasattr(inferer, "sw_device"):
             inferer.sw_device = self.device
         if hasattr(inferer, "device"):
@@ -296,6 +305,9 @@ class Segmenter:
 
     def settings(self) -> dict[str, Any]:
         inferer = self.inferer
+        if not hasattr(inferer, "roi_size"):  # an ensemble: report its first member's window
+            inner = [g.inferer for g in getattr(self.model, "groups", []) if g.inferer is not None]
+            inferer = inner[0] if inner else inferer
         return {
             "device": str(self.device),
             "amp": self.device.type == "cuda",
