@@ -197,7 +197,7 @@ def _readme(root: Path, ensemble: Mapping[str, Any], record: Mapping[str, Any] |
     post = choice["postprocessing"]
     steps = [
         f"- {s['step']}: {'accepted' if s['accepted'] else 'rejected'} (Dice "
-        f"{', '.join(f'{v:.4f}' for v in s['dice_before'])} -> {', '.join(f'{v:.4f}' for v in s['dice_after'])})"
+        f"{', '.join(f'{v:.5f}' for v in s['dice_before'])} -> {', '.join(f'{v:.5f}' for v in s['dice_after'])})"
         for s in post.get("steps", [])
     ]
     results = []

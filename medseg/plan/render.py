@@ -903,8 +903,8 @@ def cv_section(cv: Mapping[str, Any] | None, labels: Mapping[int, str]) -> list[
             "",
             *[
                 f"- {step['step']}: {'accepted' if step['accepted'] else 'rejected'} (Dice "
-                f"{', '.join(f'{v:.4f}' for v in step['dice_before'])} -> "
-                f"{', '.join(f'{v:.4f}' for v in step['dice_after'])})"
+                f"{', '.join(f'{v:.5f}' for v in step['dice_before'])} -> "
+                f"{', '.join(f'{v:.5f}' for v in step['dice_after'])})"
                 for step in post.get("steps", [])
             ],
             "",
