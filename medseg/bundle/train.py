@@ -207,6 +207,12 @@ def evaluate_bundle(
     if not 0 <= fold < DEFAULT_NUM_FOLDS:
         raise InputError(f"fold {fold} does not exist: choose 0..{DEFAULT_NUM_FOLDS - 1}", param="fold")
     overrides["val_fold"] = fold
+    if weights is not None and is_ensemble(bundle):
+        raise BundleError(
+            f"bundle {bundle.name} is an ensemble: its members' weights files are named in plans/ensemble.json "
+            "and loaded by its network_def; evaluate one member with its configuration's bundle instead",
+            param="weights",
+        )
     if weights is not None:
         weights = Path(weights).resolve()
         if not weights.is_file():

@@ -156,7 +156,14 @@ def test_load_inference_with_missing_weights_is_a_bundle_error(unet3d, tmp_path:
         load_inference(unet3d, weights=tmp_path / "absent.pt")
 
 
-@pytest.mark.parametrize("name", sorted(p.parents[1].name for p in BUNDLES.glob("*/configs/evaluate.json")))
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.parents[1].name
+        for p in BUNDLES.glob("*/configs/evaluate.json")
+        if not (p.parents[1] / "plans" / "ensemble.json").is_file()  # members load their own weights
+    ),
+)
 def test_evaluate_names_its_checkpoint_loader(name: str) -> None:
     """medseg evaluate --weights overrides ``checkpointloader#load_path``, never a handler position."""
     from monai.bundle import ConfigParser
@@ -188,3 +195,18 @@ def test_evaluate_weights_reach_the_named_checkpoint_loader(unet3d, tmp_path: Pa
     handlers = workflow.parser.get_parsed_content("validate#handlers")
     assert type(handlers[0]).__name__ == "CheckpointLoader"
     assert handlers[0].load_path == str(weights)
+
+
+def test_an_ensemble_has_no_single_weights_to_override(tmp_path: Path) -> None:
+    """An ensemble's evaluate.json loads no checkpoint (each member's file is loaded by network_def), so
+    ``medseg evaluate --weights`` is refused for it instead of being silently ignored."""
+    from medseg.bundle import evaluate_bundle
+
+    root = BUNDLES / "hippocampus_ensemble"
+    evaluate = json.loads((root / "configs" / "evaluate.json").read_text())
+    assert "checkpointloader" not in evaluate and "@checkpointloader" not in evaluate["validate#handlers"]
+    assert evaluate["ensemble_def"]["_target_"] == "medseg.ensemble.EnsembleNetwork"
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"")
+    with pytest.raises(BundleError, match="ensemble"):
+        evaluate_bundle(open_bundle(root), weights=weights)
