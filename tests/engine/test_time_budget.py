@@ -146,4 +146,8 @@ def test_the_progress_bar_shows_the_eta(capsys) -> None:
     err = capsys.readouterr().err
     assert "eta=fitting" in err and "loss=0.5" in err
     assert any(f"eta=0:0{s}" in err for s in range(3)), err[-500:]  # 2.4 s budget, 0.5 s reserve
-    assert budget.planned_iterations == engine.state.iteration > 10
+    assert engine.state.iteration > 10
+    if budget.stopped_at_deadline:  # the last iterations ran slower than fitted: the clock stopped it
+        assert 0 < budget.planned_iterations - engine.state.iteration <= 0.1 * budget.planned_iterations
+    else:  # the usual end: exactly the fitted schedule
+        assert budget.planned_iterations == engine.state.iteration
