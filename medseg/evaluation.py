@@ -52,7 +52,8 @@ def score_folder(
     labels: Mapping[int, str],
     suffix: str = "",
 ) -> dict[str, Any]:
-    """Score the files ``<case><suffix><ending>`` in ``folder`` against fold ``fold``'s labels.
+    """Score the files ``<case><suffix><ending>`` (or ``<case>_0000<suffix><ending>``, a bundle's output
+    for an nnU-Net-layout image) in ``folder`` against fold ``fold``'s labels.
 
     Raises:
         InputError: a case of the fold has no prediction, or one on another grid.
@@ -65,7 +66,9 @@ def score_folder(
     per_case = {}
     for item in split_folds(load_datalist(dataset), fold):
         ending = "".join(Path(item["label"]).suffixes[-2:]) if item["label"].endswith(".nii.gz") else Path(item["label"]).suffix
-        path = folder / f"{item['case_id']}{suffix}{ending}"
+        # a bundle names its output after the image file: nnU-Net-layout images end in _0000
+        candidates = [folder / f"{item['case_id']}{tail}{suffix}{ending}" for tail in ("", "_0000")]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
         if not path.is_file():
             raise InputError(f"no prediction {path.name} in {folder} for case {item['case_id']} of fold {fold}")
         pred, reference = _read(path), _read(Path(item["label"]))
