@@ -12,10 +12,11 @@ CI cannot pass by skipping.
 from __future__ import annotations
 
 import functools
+import logging
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,13 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def hippocampus_dir(shared_data: Path) -> Path:
     return shared_data / "msd-task04-hippocampus"
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """Restore the root logger: a bundle's logging.conf points it at the running test's captured stdout."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -195,11 +195,7 @@ def _readme(root: Path, ensemble: Mapping[str, Any], record: Mapping[str, Any] |
         cv = json.loads(cv_file.read_text()) if cv_file.is_file() else None
         member_sections += [f"### {configuration}", "", *render.cv_section(cv, r.labels)[1:]]
     post = choice["postprocessing"]
-    steps = [
-        f"- {s['step']}: {'accepted' if s['accepted'] else 'rejected'} (Dice "
-        f"{', '.join(f'{v:.5f}' for v in s['dice_before'])} -> {', '.join(f'{v:.5f}' for v in s['dice_after'])})"
-        for s in post.get("steps", [])
-    ]
+    steps = render.step_lines(post)
     results = []
     if record:
         dice = record.get("dice", {})
@@ -209,9 +205,7 @@ def _readme(root: Path, ensemble: Mapping[str, Any], record: Mapping[str, Any] |
             f"({record.get('test_cases', '?')} cases) and scoring its outputs against the labels on each "
             "case's original grid:",
             "",
-            "| " + " | ".join([*dice, "mean"]) + " |",
-            "|" + "---:|" * (len(dice) + 1),
-            "| " + " | ".join([*(f"{v:.4f}" for v in dice.values()), f"**{record['mean_dice']:.4f}**"]) + " |",
+            *render.dice_table(dice, record["mean_dice"]),
             "",
             f"Members trained on {record['machine']}: {record['epochs']} epochs each, "
             f"{record['wall_minutes']:.1f} minutes in all.",

@@ -860,10 +860,26 @@ def _results(record: Mapping[str, Any] | None, test_fold: int) -> list[str]:
         f"Test fold {test_fold} ({record.get('test_cases', '?')} cases), Dice on each case's original grid, "
         "measured from the shipped weights by `medseg evaluate BUNDLE --fold 0`:",
         "",
+        *dice_table(dice, record["mean_dice"]),
+        "",
+    ]
+
+
+def dice_table(dice: Mapping[str, float], mean: float) -> list[str]:
+    """A one-row Markdown table of the Dice per label and the (bold) mean."""
+    return [
         "| " + " | ".join([*dice, "mean"]) + " |",
         "|" + "---:|" * (len(dice) + 1),
-        "| " + " | ".join([*(f"{v:.4f}" for v in dice.values()), f"**{record['mean_dice']:.4f}**"]) + " |",
-        "",
+        "| " + " | ".join([*(f"{v:.4f}" for v in dice.values()), f"**{mean:.4f}**"]) + " |",
+    ]
+
+
+def step_lines(postprocessing: Mapping[str, Any]) -> list[str]:
+    """One line per postprocessing step tried: accepted or rejected, class Dice before and after."""
+    return [
+        f"- {s['step']}: {'accepted' if s['accepted'] else 'rejected'} (Dice "
+        f"{', '.join(f'{v:.5f}' for v in s['dice_before'])} -> {', '.join(f'{v:.5f}' for v in s['dice_after'])})"
+        for s in postprocessing.get("steps", [])
     ]
 
 
@@ -901,12 +917,7 @@ def cv_section(cv: Mapping[str, Any] | None, labels: Mapping[int, str]) -> list[
             "Postprocessing decided on these out-of-fold predictions (nnU-Net's rule: a step is kept when "
             "the mean Dice rises and no class falls):",
             "",
-            *[
-                f"- {step['step']}: {'accepted' if step['accepted'] else 'rejected'} (Dice "
-                f"{', '.join(f'{v:.5f}' for v in step['dice_before'])} -> "
-                f"{', '.join(f'{v:.5f}' for v in step['dice_after'])})"
-                for step in post.get("steps", [])
-            ],
+            *step_lines(post),
             "",
         ]
     return lines

@@ -5,9 +5,7 @@ ends within its budget with a usable model, evaluated on the test fold."""
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "bundles" / "hippocampus_unet3d"
 
 
-@pytest.fixture(autouse=True)
-def root_logging() -> Iterator[None]:
-    """Restore the root logger: a bundle's logging.conf points it at this test's captured stdout."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 @pytest.mark.parametrize("fold, message", [("0", "fold 0 is the test fold"), ("5", "fold 5 does not exist")])

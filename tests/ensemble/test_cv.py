@@ -6,10 +6,8 @@ output per test case, no fold-0 case in its datalists), ``medseg segment`` with 
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +15,9 @@ import pytest
 from medseg.cli.main import main
 from medseg.data import fold_of_cases
 
-pytestmark = [pytest.mark.needs_data, pytest.mark.slow]
+pytestmark = [pytest.mark.needs_data, pytest.mark.slow, pytest.mark.usefixtures("restore_root_logging")]
 
 CASES = 15
-
-
-@pytest.fixture(autouse=True)
-def root_logging() -> Iterator[None]:
-    """Restore the root logger: a bundle's logging.conf points it at this test's captured stdout."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
