@@ -45,7 +45,6 @@ VARIANTS = ("member", "ensemble", "ensemble+tta", "ensemble+post")
 
 
 def worker(bundle_dir: str, variant: str, data: str | None) -> dict[str, Any]:
-    import numpy as np
     import torch
     from monai.data import MetaTensor
     from monai.transforms import Invertd

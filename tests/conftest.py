@@ -12,8 +12,8 @@ CI cannot pass by skipping.
 from __future__ import annotations
 
 import functools
-import logging
 import importlib.util
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator

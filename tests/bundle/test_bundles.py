@@ -16,9 +16,9 @@ from monai.bundle import ConfigParser
 
 from medseg import paths
 from medseg.bundle import REQUIRED_FILES, evaluate_bundle, export_bundle, open_bundle
+from medseg.bundle.loader import is_ensemble, weight_files
 from medseg.data import split_folds
 from medseg.data.dataset import load_datalist
-from medseg.bundle.loader import is_ensemble, weight_files
 from medseg.plan.render import check_bundle, generated_from
 
 pytestmark = pytest.mark.needs_data

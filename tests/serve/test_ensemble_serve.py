@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.serve import REPO_ROOT, call, fold_cases, label_python, make_msd_studies, mean_dice, read_nifti_bytes
+from support.serve import (
+    REPO_ROOT,
+    call,
+    fold_cases,
+    label_python,
+    make_msd_studies,
+    mean_dice,
+    read_nifti_bytes,
+)
 
 from medseg.serve.launcher import LabelServer
 from medseg.serve.workdir import prepare_workdir, select_bundles
