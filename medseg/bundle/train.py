@@ -15,7 +15,7 @@ from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import BundleError, InputError
 from medseg.io.atomic import atomic_write_json
 
-__all__ = ["TEST_FOLD", "budget_overrides", "evaluate_bundle", "fold_overrides", "train_bundle"]
+__all__ = ["ALL_FOLDS", "TEST_FOLD", "budget_overrides", "evaluate_bundle", "fold_overrides", "train_bundle"]
 
 # The fixed split's test fold (sorted case ids, index % 5 == 0): evaluated, never trained or validated on.
 TEST_FOLD = 0
@@ -48,22 +48,34 @@ def _merged_config(bundle: Bundle, configs: list[str]) -> dict[str, Any]:
     return parser.get() or {}
 
 
+# ``--fold all``: train on every non-test fold (nnU-Net's "fold all"); the bundle's validation fold is
+# then trained on too, so its Dice only monitors the run and no decision may be taken from it.
+ALL_FOLDS = "all"
+
+
 def fold_overrides(
-    fold: int, test_fold: int = TEST_FOLD, num_folds: int = DEFAULT_NUM_FOLDS
+    fold: int | str, test_fold: int = TEST_FOLD, num_folds: int = DEFAULT_NUM_FOLDS
 ) -> dict[str, Any]:
     """``val_fold`` and ``train_folds`` for training with validation fold ``fold``.
 
     Planned bundles hold ``test_fold`` (0), ``val_fold`` and ``train_folds`` (every fold but those
     two); both are set here, so a bundle whose ``train_folds`` is a literal list stays consistent.
+    ``fold="all"`` trains on every fold but the test fold and leaves ``val_fold`` as the bundle's
+    (a fixed schedule whose final weights are kept: the validation fold only monitors).
 
     Raises:
         InputError: ``fold`` is the test fold (no training decision may look at it) or no fold.
     """
+    if fold == ALL_FOLDS:
+        return {"train_folds": [k for k in range(num_folds) if k != test_fold]}
+    if not isinstance(fold, int):
+        raise InputError(f"fold {fold!r} is neither a fold number nor {ALL_FOLDS!r}", param="fold")
     if fold == test_fold:
         raise InputError(
             f"fold {fold} is the test fold: no training decision (early stopping, checkpoint choice, "
             f"schedule) may look at it; choose a validation fold among "
-            f"{', '.join(str(k) for k in range(num_folds) if k != test_fold)}",
+            f"{', '.join(str(k) for k in range(num_folds) if k != test_fold)}, or {ALL_FOLDS!r} to train on "
+            "all of them",
             param="fold",
         )
     if not 0 <= fold < num_folds:
@@ -113,7 +125,7 @@ def budget_overrides(
 def train_bundle(
     bundle: Bundle,
     data_dir: str | os.PathLike | None = None,
-    fold: int | None = None,
+    fold: int | str | None = None,
     epochs: int | None = None,
     resume: bool = False,
     output_dir: str | os.PathLike | None = None,
@@ -128,7 +140,8 @@ def train_bundle(
         bundle: the bundle to train.
         data_dir: dataset folder, MSD or nnU-Net raw layout (default: the bundle's ``dataset_dir``).
         fold: validation fold, any but the test fold 0; the folds other than it and the test fold
-            train. Default the bundle's (planned bundles: 1).
+            train. ``"all"`` trains on every fold but the test fold (the bundle's validation fold
+            then only monitors). Default the bundle's (planned bundles: 1).
         epochs: maximum epochs (default the bundle's; with ``max_minutes`` an upper bound).
         resume: continue from the last epoch checkpoint in ``output_dir/checkpoints``.
         output_dir: where logs, checkpoints and the final ``model.pt`` go; default the bundle's
@@ -139,8 +152,9 @@ def train_bundle(
         start_time: ``time.time()`` when the budget started (default: now).
 
     Returns:
-        ``{"epochs", "iterations", "seconds", "val_fold", "last_metric", "best_metric",
-        "best_metric_epoch"}``; the metrics are the fold's mean Dice (``-1`` when no validation ran).
+        ``{"epochs", "iterations", "seconds", "val_fold", "train_folds", "last_metric", "best_metric",
+        "best_metric_epoch"}``; the metrics are the validation fold's mean Dice (``-1`` when no
+        validation ran).
     """
     start_time = time.time() if start_time is None else start_time
     configs = ["train.json"]
@@ -170,6 +184,7 @@ def train_bundle(
         "iterations": int(trainer.state.iteration),
         "seconds": time.time() - start_time,
         "val_fold": int(workflow.parser.get_parsed_content("val_fold")),
+        "train_folds": [int(k) for k in workflow.parser.get_parsed_content("train_folds")],
         "last_metric": float(last) if _finite(last) else -1.0,
         "best_metric": float(evaluator.state.best_metric),
         "best_metric_epoch": int(evaluator.state.best_metric_epoch),

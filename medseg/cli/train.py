@@ -1,7 +1,8 @@
 """``medseg train BUNDLE``: train a bundle through its own ``configs/train.json``.
 
 Fold 0 of the fixed split is the test fold, so ``--fold`` names the validation fold among the
-others and the rest train. ``--max-minutes`` adds :class:`medseg.engine.TimeBudget` through bundle
+others and the rest train (``--fold all``: every non-test fold trains, as nnU-Net's ``fold all``,
+and the validation fold only monitors). ``--max-minutes`` adds :class:`medseg.engine.TimeBudget` through bundle
 overrides: the clock starts when the command starts, so data caching counts against the budget.
 """
 
@@ -21,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a bundle (its configs/train.json) on folds 1-4 of the fixed 5-fold split",
         description="Train a MONAI bundle through its own configs/train.json. Fold 0 is the test fold "
         "and is never used; fold K (--fold, default the bundle's: 1 for planned bundles) monitors, the "
-        "others train. The final weights replace BUNDLE/models/model.pt unless --output-dir is given.",
+        "others train (--fold all: folds 1-4 all train). The final weights replace BUNDLE/models/model.pt unless --output-dir is given.",
     )
     parser.add_argument("bundle", help="bundle folder, e.g. bundles/hippocampus_unet3d")
     parser.add_argument(
@@ -29,9 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--fold",
-        type=int,
+        type=_fold,
         default=None,
-        help="validation fold 1-4 (default the bundle's); 0 is the test fold",
+        help="validation fold 1-4 (default the bundle's); 0 is the test fold; 'all' trains on folds 1-4 "
+        "(a fixed schedule; the bundle's validation fold, trained on too, only monitors)",
     )
     parser.add_argument(
         "--epochs",
@@ -66,6 +68,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _fold(text: str) -> int | str:
+    from medseg.bundle.train import ALL_FOLDS
+
+    if text == ALL_FOLDS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fold number (1-4) or {ALL_FOLDS!r}, not {text!r}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     start_time = time.time()
     from medseg.bundle import open_bundle, train_bundle
@@ -87,13 +100,15 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         start_time=start_time,
     )
+    monitored = " (trained on too)" if result["val_fold"] in result["train_folds"] else ""
     validation = (
-        f"last validation (fold {result['val_fold']}) mean Dice {result['last_metric']:.4f}"
+        f"last validation (fold {result['val_fold']}{monitored}) mean Dice {result['last_metric']:.4f}"
         if result["last_metric"] >= 0
         else f"no validation on fold {result['val_fold']} ran"
     )
     print(
-        f"trained {bundle.name}: {result['epochs']} epochs, {result['iterations']} iterations in "
+        f"trained {bundle.name} on folds {', '.join(map(str, result['train_folds']))}: {result['epochs']} epochs, "
+        f"{result['iterations']} iterations in "
         f"{result['seconds'] / 60:.1f} min; {validation}"
     )
     return 0

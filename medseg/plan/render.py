@@ -82,6 +82,12 @@ def _v(plan: Mapping[str, Any], key: str) -> Any:
     return plan["values"][key]["value"]
 
 
+def _monitor_only(training: Mapping[str, Any]) -> bool:
+    """Whether the plan trains on its validation fold too (``medseg train --fold all``), which then only
+    monitors; ``train_folds`` is then a literal list rather than "every fold but test and validation"."""
+    return int(training["val_fold"]) in {int(k) for k in training["train_folds"]}
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "class"
 
@@ -323,7 +329,8 @@ def _train(r: _Recipe) -> dict[str, Any]:
         "dataset_dir": r.dataset_dir(),
         "test_fold": int(t["test_fold"]),
         "val_fold": int(t["val_fold"]),
-        "train_folds": "$[k for k in range(5) if k not in (@test_fold, @val_fold)]",
+        "train_folds": list(t["train_folds"]) if _monitor_only(t) else
+                       "$[k for k in range(5) if k not in (@test_fold, @val_fold)]",  # fmt: skip
         "datalist": r.datalist(),
         "train_datalist": "$medseg.data.split_folds(@datalist, @train_folds)",
         "val_datalist": "$medseg.data.split_folds(@datalist, @val_fold)",
@@ -952,7 +959,8 @@ def _readme(r: _Recipe, record: Mapping[str, Any] | None, cv: Mapping[str, Any] 
             "medseg's fixed split: sort the case ids, fold k holds the cases whose index % 5 == k. Fold "
             f"{t['test_fold']} is the test fold: no decision (schedule, checkpoint, early stopping) looks at it. "
             f"The network trains on folds {', '.join(map(str, t['train_folds']))} for a fixed {t['max_epochs']} "
-            f"epochs, fold {t['val_fold']} is validated for monitoring, and the final EMA weights are kept as "
+            f"epochs, fold {t['val_fold']} is validated for monitoring"
+            f"{' only (it is trained on too)' if _monitor_only(t) else ''}, and the final EMA weights are kept as "
             "`models/model.pt`. Accuracy figures are measured on fold 0 only.",
             "",
             "## Plan",

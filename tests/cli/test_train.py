@@ -82,6 +82,50 @@ def test_fold_k_sets_val_fold_and_train_folds(planned_2d, fold: int, monkeypatch
 
 
 @pytest.mark.needs_data
+def test_fold_all_trains_every_non_test_fold_and_only_monitors(planned_2d, monkeypatch, capsys) -> None:
+    from monai.bundle import ConfigParser
+
+    dataset, bundle = planned_2d
+    seen: dict = {}
+
+    def capture(bundle_, configs, workflow_type="train", run=True, **overrides):
+        seen.update(overrides)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_train, "run_workflow", capture)
+    assert main(["train", str(bundle), "--data", str(dataset), "--fold", "all"]) == 130
+    assert seen["train_folds"] == [1, 2, 3, 4] and "val_fold" not in seen  # the bundle's fold 1 monitors
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(dataset), **seen})
+    datalist = parser.get_parsed_content("datalist")
+    fold_of = fold_of_cases([case_id(item["image"]) for item in datalist])
+    assert _folds(parser.get_parsed_content("train_datalist"), fold_of) == {1, 2, 3, 4}
+    assert _folds(parser.get_parsed_content("val_datalist"), fold_of) == {1}
+    with pytest.raises(SystemExit) as exited:
+        main(["train", str(bundle), "--fold", "some"])
+    assert exited.value.code == 2
+    assert "a fold number (1-4) or 'all'" in capsys.readouterr().err
+
+
+@pytest.mark.needs_data
+def test_a_plan_that_trains_on_all_folds_renders_them_literally(planned_2d, tmp_path: Path) -> None:
+    """Recorded as ``training.train_folds``: train.json lists folds 1-4 and the README says fold 1 only
+    monitors; fold 0 stays out of both lists."""
+    from medseg.plan.planner import _apply_overrides
+    from medseg.plan.render import render_files
+
+    _, bundle = planned_2d
+    plan = json.loads((bundle / "plans" / "plan.json").read_text())
+    _apply_overrides(plan["values"], {"training.train_folds": [1, 2, 3, 4]})
+    files = render_files(plan)
+    train = json.loads(files["configs/train.json"])
+    assert train["train_folds"] == [1, 2, 3, 4] and train["val_fold"] == 1 and train["test_fold"] == 0
+    assert "fold 1 is validated for monitoring only (it is trained on too)" in files["docs/README.md"]
+    assert "$[k for k in range(5)" in (bundle / "configs" / "train.json").read_text()  # the rule's default
+
+
+@pytest.mark.needs_data
 @pytest.mark.slow
 def test_a_short_budget_trains_a_usable_2d_model(planned_2d, tmp_path: Path, capsys) -> None:
     dataset, bundle = planned_2d
@@ -91,7 +135,7 @@ def test_a_short_budget_trains_a_usable_2d_model(planned_2d, tmp_path: Path, cap
     assert main([*argv, "--no-progress"]) == 0
     elapsed = time.time() - start
     assert elapsed <= 60 + 5, elapsed  # the command, data caching included, keeps to its budget
-    assert "trained bundle:" in capsys.readouterr().out
+    assert "trained bundle on folds 2, 3, 4:" in capsys.readouterr().out
     log = (out / "log.csv").read_text() if (out / "log.csv").is_file() else ""
     assert (out / "models" / "model.pt").is_file(), log
 
