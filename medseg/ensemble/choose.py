@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ def choose_configuration(
         ``{"candidates": [{"configurations", "dice", "mean_dice"}...] (best first), "chosen": [names],
         "postprocessing": {...}, "tta": {...}, "cases": n}``.
     """
-    from medseg.bundle.loader import load_inference
+    from medseg.bundle.loader import read_inference_config
     from medseg.data import split_folds
     from medseg.data.dataset import load_datalist
     from medseg.ensemble.postprocessing import learn_postprocessing
@@ -86,8 +87,10 @@ def choose_configuration(
     names = [b.name for b in opened]
     if len(set(names)) != len(names):
         raise ConfigError(f"bundle names repeat: {names}", param="bundles")
-    inference = load_inference(opened[0], "cpu", weights=opened[0].root / "cv" / "fold_1" / "models" / "model.pt")
-    dataset = Path(data_dir) if data_dir else Path(inference.parser.get_parsed_content("dataset_dir"))
+    # the labels are read as the first bundle reads its images (no network or weights needed for that)
+    parser = read_inference_config(opened[0])
+    inference = SimpleNamespace(preprocessing=parser.get_parsed_content("preprocessing", instantiate=True))
+    dataset = Path(data_dir) if data_dir else Path(parser.get_parsed_content("dataset_dir"))
     datalist = load_datalist(dataset)
     cases = [(item, fold) for fold in cv_folds() for item in split_folds(datalist, fold)]
     labels = opened[0].labels

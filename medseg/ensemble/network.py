@@ -41,12 +41,17 @@ class _Group(nn.Module):
         self.inferer = inferer
         self.batched = False
         self._stacked: tuple[Any, Any, nn.Module] | None = None
+        self._same: bool | None = None  # whether the members can be stacked, worked out once
 
     def _same_architecture(self) -> bool:
-        shapes = [[(k, tuple(v.shape)) for k, v in m.state_dict().items()] for m in self.members]
-        return len(self.members) > 1 and all(type(m) is type(self.members[0]) for m in self.members) and all(
-            s == shapes[0] for s in shapes
-        )
+        if self._same is None:
+            shapes = [[(k, tuple(v.shape)) for k, v in m.state_dict().items()] for m in self.members]
+            self._same = (
+                len(self.members) > 1
+                and all(type(m) is type(self.members[0]) for m in self.members)
+                and all(s == shapes[0] for s in shapes)
+            )
+        return self._same
 
     def _stack(self) -> tuple[Any, Any, nn.Module]:
         from torch.func import stack_module_state
