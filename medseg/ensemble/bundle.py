@@ -238,8 +238,9 @@ def _readme(root: Path, ensemble: Mapping[str, Any], record: Mapping[str, Any] |
             *[f"| {m['configuration']} | {m['fold']} | `{m['weights']}` |" for m in ensemble["members"]],
             "",
             "## Choice by cross-validation (folds 1-4; fold 0 never seen)",
-            f"Mean Dice over the {choice['cases']} out-of-fold cases, each configuration and each pair "
-            "(probabilities averaged), best first:",
+            f"Mean Dice over the {choice['cases']} out-of-fold cases, each configuration and each combination "
+            f"of up to {max(len(c['configurations']) for c in choice['candidates'])} (probabilities averaged), "
+            "best first:",
             "",
             "| configurations | " + " | ".join(names) + " | mean |",
             "|---|" + "---:|" * (len(names) + 1),

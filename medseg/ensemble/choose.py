@@ -1,7 +1,7 @@
 """Choose among planned configurations and their ensembles by cross-validated Dice.
 
 nnU-Net's ``find_best_configuration``: every configuration that was cross-validated, and every pair
-of them (their out-of-fold softmax averaged), is scored by the mean Dice over all out-of-fold cases
+of them (their out-of-fold softmax averaged; ``max_configurations`` allows larger combinations), is scored by the mean Dice over all out-of-fold cases
 of folds 1-4; the best wins (on a tie, the one with fewer configurations). Its postprocessing is then
 learned on its own out-of-fold predictions (:mod:`medseg.ensemble.postprocessing`). Fold 0 is never
 read here.
