@@ -183,6 +183,13 @@ def render_ensemble_files(bundle_dir: str | os.PathLike) -> dict[str, str]:
     return files
 
 
+def _candidates_scored(choice: Mapping[str, Any]) -> str:
+    largest = max(len(c["configurations"]) for c in choice["candidates"])
+    if largest == 1:
+        return "each configuration (its members' probabilities averaged)"
+    return f"each configuration and each combination of up to {largest} (probabilities averaged)"
+
+
 def _readme(root: Path, ensemble: Mapping[str, Any], record: Mapping[str, Any] | None, r: Any) -> str:
     choice = ensemble["choice"]
     names = [r.labels[k] for k in sorted(r.labels) if k != 0]
@@ -238,9 +245,7 @@ def _readme(root: Path, ensemble: Mapping[str, Any], record: Mapping[str, Any] |
             *[f"| {m['configuration']} | {m['fold']} | `{m['weights']}` |" for m in ensemble["members"]],
             "",
             "## Choice by cross-validation (folds 1-4; fold 0 never seen)",
-            f"Mean Dice over the {choice['cases']} out-of-fold cases, each configuration and each combination "
-            f"of up to {max(len(c['configurations']) for c in choice['candidates'])} (probabilities averaged), "
-            "best first:",
+            f"Mean Dice over the {choice['cases']} out-of-fold cases, {_candidates_scored(choice)}, best first:",
             "",
             "| configurations | " + " | ".join(names) + " | mean |",
             "|---|" + "---:|" * (len(names) + 1),
