@@ -19,7 +19,7 @@ The cross-validation table that chose the ensemble is copied from ``plans/ensemb
 (``medseg segment --force``, timing only).
 
     python benchmarks/ensemble.py --bundle bundles/hippocampus_ensemble [--ct] \\
-        [--out benchmarks/results/ensemble.json]
+        [--variants member ensemble ensemble+post] [--out benchmarks/results/ensemble.json]
 """
 
 from __future__ import annotations
@@ -153,6 +153,13 @@ def main() -> int:
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "hippocampus_ensemble"))
     parser.add_argument("--data", default=None, help="dataset folder (default: the bundle's dataset_dir)")
     parser.add_argument("--ct", action="store_true", help="also time the 512x512x139 CT series")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="variants to run (default all; ensemble+tta runs every member on 8 flips, the slowest)",
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ensemble.json"))
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,7 +169,11 @@ def main() -> int:
     import torch
 
     bundle = Path(args.bundle).resolve()
-    rows = [run_variant(str(bundle), v, args.data) for v in VARIANTS]
+    variants = [v for v in VARIANTS if v in args.variants]
+    for needed in ("member", "ensemble+post"):  # the time ratio compares these two
+        if needed not in variants:
+            parser.error(f"--variants must include {needed}")
+    rows = [run_variant(str(bundle), v, args.data) for v in variants]
     record = json.loads((bundle / "plans" / "ensemble.json").read_text())
     result = {
         "bundle": bundle.name,
