@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from medseg.bundle.core import Bundle, open_bundle
-from medseg.ensemble.cv import cv_folds, load_oof, load_reference, read_cv
+from medseg.ensemble.cv import cv_folds, load_oof, load_reference, member_dir, read_cv
 from medseg.errors import BundleError, ConfigError
 from medseg.evaluation import case_dice
 
@@ -42,6 +42,13 @@ def check_members(bundles: Sequence[Bundle]) -> None:
             raise BundleError(
                 f"bundle {bundle.name} has no cross-validation member for fold {missing[0]}: run "
                 f"medseg train {bundle.root} --cv"
+            )
+        absent = [k for k in cv_folds() if not (member_dir(bundle, k) / "models" / "model.pt").is_file()]
+        if absent:  # plans/cv.json is shipped, the members (BUNDLE/cv/) are not
+            raise BundleError(
+                f"bundle {bundle.name} has no cross-validation member for fold {absent[0]} here "
+                f"({member_dir(bundle, absent[0]) / 'models' / 'model.pt'}; plans/cv.json records them but "
+                f"members are not shipped): run medseg train {bundle.root} --cv"
             )
         if bundle.labels != first.labels:
             raise ConfigError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,12 +101,15 @@ def test_cv_refuses_the_test_fold_and_single_run_flags(capsys) -> None:
     assert "--cv trains every member" in capsys.readouterr().err
 
 
-def test_choose_refuses_a_bundle_without_cross_validation(capsys) -> None:
-    # the shipped 2-D U-Net has one network (plans/cv.json absent): choose says how to make members
-    assert main(["ensemble", "choose", "bundles/hippocampus_unet2d", "--output", "unused"]) != 0
+def test_choose_refuses_a_bundle_without_cross_validation(tmp_path: Path, capsys) -> None:
+    # a copy of the shipped 2-D U-Net without its members (cv/ is never shipped): choose says how to make them
+    bundle = tmp_path / "hippocampus_unet2d"
+    shutil.copytree("bundles/hippocampus_unet2d", bundle, ignore=shutil.ignore_patterns("cv", "runs"))
+    output = tmp_path / "unused"
+    assert main(["ensemble", "choose", str(bundle), "--output", str(output)]) != 0
     err = capsys.readouterr().err
     assert "no cross-validation member for fold 1" in err and "--cv" in err
-    assert not Path("unused").exists()
+    assert not output.exists()
 
 
 def test_export_refuses_an_ensemble(tmp_path: Path) -> None:
