@@ -39,6 +39,7 @@ REQUIRED_MEAN_DICE = {
     "hippocampus_unet2d": 0.86,
     "left_atrium_unet3d": 0.88,
     "hippocampus_ensemble": 0.892,  # above nnU-Net's 5-fold CV 0.889 on MSD Task04
+    "left_atrium_ensemble": 0.88,  # the left atrium's bar, as for its single 3D U-Net
 }
 TEST_FOLD = 0
 
