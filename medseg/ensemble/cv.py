@@ -9,7 +9,8 @@ same on the four non-test folds of its fixed split: the member of fold k trains 
 Layout inside the bundle (not shipped; ``cv/`` is ignored by git)::
 
     cv/fold_<k>/models/model.pt      the member's final EMA weights
-    cv/fold_<k>/log.csv, checkpoints/  its training run (``--resume`` continues it)
+    cv/fold_<k>/log.csv, checkpoints/  its training run (an interrupted one resumes from the epoch
+                                     checkpoints; they are deleted once the member is done)
     cv/fold_<k>/oof/<case>.npz       softmax on the case's original grid (float16, compressed)
     cv/fold_<k>/member.json          epochs, minutes, Dice on fold k per class
 
@@ -211,6 +212,7 @@ def train_cv(
         record = folder / "member.json"
         if record.is_file():
             logger.info("member of fold %d is done (%s)", fold, record)
+            _drop_checkpoints(folder)
             continue
         start = time.time()
         weights = folder / "models" / "model.pt"
@@ -234,8 +236,17 @@ def train_cv(
         oof = predict_oof(bundle, weights, fold, folder / "oof", data_dir, device)
         member = {**oof, **trained}
         atomic_write_json(record, member)
+        _drop_checkpoints(folder)
         logger.info("member of fold %d: mean Dice %.4f on its fold", fold, member["mean_dice"])
     return write_summary(bundle, data_dir)
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """Delete a done member's epoch checkpoints: they only serve to resume it (weights, optimizer and
+    EMA state, tens of MB each for a 3-D network), and a done member is never resumed."""
+    import shutil
+
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
 
 def _finished_run(folder: Path) -> dict[str, Any]:

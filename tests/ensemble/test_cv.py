@@ -48,6 +48,9 @@ def test_cv_ensemble_choose_and_use(cross_validated, tmp_path: Path, capsys) -> 
     assert "## Cross-validation" in (b3 / "docs" / "README.md").read_text()
     assert main(["bundle", "check", str(b3)]) == 0  # re-rendered with its CV record
 
+    # done members keep their weights, log and OOF predictions, not their resume checkpoints
+    assert not any((b3 / "cv").glob("fold_*/checkpoints"))
+    assert all((b3 / "cv" / f"fold_{k}" / "log.csv").is_file() for k in (1, 2, 3, 4))
     # finished members are not trained again
     mtime = (b3 / "cv" / "fold_1" / "models" / "model.pt").stat().st_mtime_ns
     assert main(["train", str(b3), "--data", str(dataset), "--cv", "--no-progress"]) == 0
