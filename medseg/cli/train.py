@@ -2,8 +2,9 @@
 
 Fold 0 of the fixed split is the test fold, so ``--fold`` names the validation fold among the
 others and the rest train (``--fold all``: every non-test fold trains, as nnU-Net's ``fold all``,
-and the validation fold only monitors). ``--max-minutes`` adds :class:`medseg.engine.TimeBudget` through bundle
-overrides: the clock starts when the command starts, so data caching counts against the budget.
+and the validation fold only monitors). ``--max-minutes`` adds :class:`medseg.engine.TimeBudget`
+through bundle overrides: the clock starts when the command starts, so data caching counts against
+the budget.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a bundle (its configs/train.json) on folds 1-4 of the fixed 5-fold split",
         description="Train a MONAI bundle through its own configs/train.json. Fold 0 is the test fold "
         "and is never used; fold K (--fold, default the bundle's: 1 for planned bundles) monitors, the "
-        "others train (--fold all: folds 1-4 all train). The final weights replace BUNDLE/models/model.pt unless --output-dir is given.",
+        "others train (--fold all: folds 1-4 all train). The final weights replace BUNDLE/models/model.pt "
+        "unless --output-dir is given.",
     )
     parser.add_argument("bundle", help="bundle folder, e.g. bundles/hippocampus_unet3d")
     parser.add_argument(
@@ -107,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
         else f"no validation on fold {result['val_fold']} ran"
     )
     print(
-        f"trained {bundle.name} on folds {', '.join(map(str, result['train_folds']))}: {result['epochs']} epochs, "
-        f"{result['iterations']} iterations in "
-        f"{result['seconds'] / 60:.1f} min; {validation}"
+        f"trained {bundle.name} on folds {', '.join(map(str, result['train_folds']))}: "
+        f"{result['epochs']} epochs, {result['iterations']} iterations in {result['seconds'] / 60:.1f} min; "
+        f"{validation}"
     )
     return 0
 

@@ -101,10 +101,12 @@ def _recipe(root: Path, configuration: str, folder: str) -> render._Recipe:
     """A configuration's recipe as its cross-validation members train: each on the folds other than the
     test fold and its own validation fold, whatever the configuration's single model trains on (a plan
     may train that one on all four, ``medseg train --fold all``)."""
+    from medseg.bundle.train import fold_overrides
+
     plan = json.loads(_member_plan_path(root, configuration).read_text())
     r = render._Recipe(plan, folder)
     t = r.training
-    r.training = {**t, "train_folds": [k for k in range(5) if k not in (t["test_fold"], t["val_fold"])]}
+    r.training = {**t, **fold_overrides(int(t["val_fold"]), int(t["test_fold"]))}
     return r
 
 

@@ -1,10 +1,10 @@
 """Choose among planned configurations and their ensembles by cross-validated Dice.
 
 nnU-Net's ``find_best_configuration``: every configuration that was cross-validated, and every pair
-of them (their out-of-fold softmax averaged; ``max_configurations`` allows larger combinations), is scored by the mean Dice over all out-of-fold cases
-of folds 1-4; the best wins (on a tie, the one with fewer configurations). Its postprocessing is then
-learned on its own out-of-fold predictions (:mod:`medseg.ensemble.postprocessing`). Fold 0 is never
-read here.
+of them (their out-of-fold softmax averaged; ``max_configurations`` allows larger combinations), is
+scored by the mean Dice over all out-of-fold cases of folds 1-4; the best wins (on a tie, the one
+with fewer configurations). Its postprocessing is then learned on its own out-of-fold predictions
+(:mod:`medseg.ensemble.postprocessing`). Fold 0 is never read here.
 """
 
 from __future__ import annotations
@@ -37,18 +37,17 @@ def check_members(bundles: Sequence[Bundle]) -> None:
     first = bundles[0]
     for bundle in bundles:
         cv = read_cv(bundle.root)
-        missing = [k for k in cv_folds() if not cv or str(k) not in cv.get("members", {})]
+        recorded = (cv or {}).get("members", {})
+        # plans/cv.json is shipped, the members themselves (BUNDLE/cv/fold_K) are not
+        missing = [
+            k for k in cv_folds()
+            if str(k) not in recorded or not (member_dir(bundle, k) / "models" / "model.pt").is_file()
+        ]  # fmt: skip
         if missing:
             raise BundleError(
-                f"bundle {bundle.name} has no cross-validation member for fold {missing[0]}: run "
+                f"bundle {bundle.name} has no cross-validation member for fold {missing[0]} here "
+                f"({member_dir(bundle, missing[0]) / 'models' / 'model.pt'}, recorded in plans/cv.json): run "
                 f"medseg train {bundle.root} --cv"
-            )
-        absent = [k for k in cv_folds() if not (member_dir(bundle, k) / "models" / "model.pt").is_file()]
-        if absent:  # plans/cv.json is shipped, the members (BUNDLE/cv/) are not
-            raise BundleError(
-                f"bundle {bundle.name} has no cross-validation member for fold {absent[0]} here "
-                f"({member_dir(bundle, absent[0]) / 'models' / 'model.pt'}; plans/cv.json records them but "
-                f"members are not shipped): run medseg train {bundle.root} --cv"
             )
         if bundle.labels != first.labels:
             raise ConfigError(

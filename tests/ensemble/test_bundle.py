@@ -25,5 +25,6 @@ def test_members_train_on_three_folds_when_the_single_model_trains_on_four(tmp_p
     _apply_overrides(plan["values"], {"training.train_folds": [1, 2, 3, 4]})
     plan_file.write_text(json.dumps(plan))
     train = json.loads(render_ensemble_files(root)["configs/train.json"])
-    assert train["train_folds"] == before["train_folds"] == "$[k for k in range(5) if k not in (@test_fold, @val_fold)]"
+    rule = "$[k for k in range(5) if k not in (@test_fold, @val_fold)]"
+    assert train["train_folds"] == before["train_folds"] == rule
     assert (train["test_fold"], train["val_fold"]) == (0, 1)

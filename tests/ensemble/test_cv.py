@@ -6,9 +6,9 @@ output per test case, no fold-0 case in its datalists), ``medseg segment`` with 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
-import shutil
 from pathlib import Path
 
 import pytest
