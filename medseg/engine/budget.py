@@ -66,7 +66,9 @@ class TimeBudget:
         min_measure_seconds: time the iterations after the warm-up at least this long before the
             first fit.
         reserve_seconds: kept free at the end for the final checkpoint and the ``COMPLETED``
-            handlers; default 2 % of the budget, at least 3 seconds.
+            handlers; default 2 % of the budget, at least 3 seconds. The schedule is fitted to end
+            this long before the budget; only should the machine slow down in the last moments is
+            half of it spent on training (the hard stop), so jitter does not cut the schedule.
         max_epochs: never plan more epochs than this (``medseg train --epochs``); default no cap.
     """
 
@@ -145,7 +147,7 @@ class TimeBudget:
                 self._fit(engine, now)
             elif planned is not None and self._off_target(engine, now):
                 self._fit(engine, now)  # the machine's speed changed: refit to end at the budget
-        if now >= self.deadline - self.reserve_seconds:
+        if now >= self.deadline - 0.5 * self.reserve_seconds:
             logger.warning(
                 "time budget: the budget ran out at iteration %d before the fitted schedule ended",
                 engine.state.iteration,
@@ -198,12 +200,16 @@ class TimeBudget:
         return self._recent + self._overhead / max(1, self._timed)
 
     def _off_target(self, engine: Engine, now: float) -> bool:
-        """Whether the fitted schedule would end more than 5 % of the time left off the budget."""
+        """Whether the fitted schedule would end more than 5 % of the time left off its target.
+
+        At least a quarter of the reserve (at most a second) is tolerated, so a late projection
+        is refitted well before it reaches the hard stop at half the reserve.
+        """
         assert self.planned_iterations is not None
         rate = self.seconds_per_iteration() or 0.0
         target = self.deadline - self.reserve_seconds
         projected = now + rate * (self.planned_iterations - engine.state.iteration)
-        return abs(projected - target) > max(1.0, 0.05 * (target - now))
+        return abs(projected - target) > max(min(1.0, 0.25 * self.reserve_seconds), 0.05 * (target - now))
 
     def _fit(self, engine: Engine, now: float) -> None:
         state = engine.state

@@ -151,3 +151,23 @@ def test_the_progress_bar_shows_the_eta(capsys) -> None:
         assert 0 < budget.planned_iterations - engine.state.iteration <= 0.1 * budget.planned_iterations
     else:  # the usual end: exactly the fitted schedule
         assert budget.planned_iterations == engine.state.iteration
+
+
+def test_a_machine_that_slows_down_still_stops_within_the_budget() -> None:
+    """Iterations 20x slower after the first fit: refitted, and the clock stops it in time at worst."""
+    from ignite.engine import Engine
+
+    def step(engine: Engine, batch: int) -> dict[str, float]:
+        time.sleep(0.005 if engine.state.iteration < 150 else 0.1)
+        return {"loss": 0.5}
+
+    start = time.time()
+    engine = Engine(step)
+    budget = TimeBudget(0.05, start_time=start, warmup_iterations=1, min_measure_seconds=0.2, reserve_seconds=0.5)
+    budget.attach(engine)
+    engine.run(range(10), max_epochs=1)
+    elapsed = time.time() - start
+    assert 3.0 - 0.5 - 0.5 <= elapsed <= 3.0 - 0.25 + 0.1 + 0.05  # hard stop, plus at most one slow step
+    assert engine.state.iteration > 150
+    # the first fit planned for fast iterations; the slow ones were refitted to a shorter schedule
+    assert budget.planned_iterations is not None and budget.planned_iterations < 2.5 / 0.005
