@@ -645,8 +645,7 @@ def _mirror_axes(fp: Mapping[str, Any], geometry: _Geometry, rgb: bool) -> dict[
     )
     if not safe:
         orientation_note += (
-            " (a hand-made recipe that mirrors anyway, as hippocampus_unet3d mirrors axis 0 although the MSD "
-            "crops all lean one way along it, records that as an override)"
+            " (a recipe that mirrors anyway records that as an override in plans/overrides.json)"
         )
     rule = (
         f"{orientation_note}; an axis is mirrored only when the data show it is safe: at least "
