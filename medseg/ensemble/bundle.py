@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.bundle.core import Bundle, open_bundle
-from medseg.ensemble.cv import CV_RECORD, cv_folds, member_dir
+from medseg.ensemble.cv import CV_RECORD, cv_folds, member_weights
 from medseg.errors import BundleError
 from medseg.io.atomic import atomic_copy, atomic_write_json, atomic_write_text
 from medseg.plan import render
@@ -75,7 +75,7 @@ def write_ensemble(
         atomic_copy(bundle.root / CV_RECORD, plan_dir / "cv.json")
         for fold in cv_folds():
             weights = f"models/{configuration}_fold{fold}.pt"
-            atomic_copy(member_dir(bundle, fold) / "models" / "model.pt", root / weights)
+            atomic_copy(member_weights(bundle, fold), root / weights)
             members.append({"configuration": configuration, "fold": fold, "weights": weights})
             written.append(weights)
     plan0 = json.loads((opened[choice["chosen"][0]].root / "plans" / "plan.json").read_text())

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from medseg.bundle.core import Bundle, open_bundle
-from medseg.ensemble.cv import cv_folds, load_oof, load_reference, member_dir, read_cv
+from medseg.ensemble.cv import cv_folds, load_oof, load_reference, member_weights, read_cv
 from medseg.errors import BundleError, ConfigError
 from medseg.evaluation import case_dice
 
@@ -39,14 +39,11 @@ def check_members(bundles: Sequence[Bundle]) -> None:
         cv = read_cv(bundle.root)
         recorded = (cv or {}).get("members", {})
         # plans/cv.json is shipped, the members themselves (BUNDLE/cv/fold_K) are not
-        missing = [
-            k for k in cv_folds()
-            if str(k) not in recorded or not (member_dir(bundle, k) / "models" / "model.pt").is_file()
-        ]  # fmt: skip
+        missing = [k for k in cv_folds() if str(k) not in recorded or not member_weights(bundle, k).is_file()]
         if missing:
             raise BundleError(
                 f"bundle {bundle.name} has no cross-validation member for fold {missing[0]} here "
-                f"({member_dir(bundle, missing[0]) / 'models' / 'model.pt'}, recorded in plans/cv.json): run "
+                f"({member_weights(bundle, missing[0])}, recorded in plans/cv.json): run "
                 f"medseg train {bundle.root} --cv"
             )
         if bundle.labels != first.labels:

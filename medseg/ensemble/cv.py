@@ -42,6 +42,7 @@ __all__ = [
     "load_oof",
     "load_reference",
     "member_dir",
+    "member_weights",
     "predict_oof",
     "read_cv",
     "summarize",
@@ -62,6 +63,11 @@ def cv_folds(test_fold: int = 0, num_folds: int = DEFAULT_NUM_FOLDS) -> list[int
 def member_dir(bundle: Bundle, fold: int) -> Path:
     """Where the member validated on ``fold`` lives inside the bundle."""
     return bundle.root / "cv" / f"fold_{fold}"
+
+
+def member_weights(bundle: Bundle, fold: int) -> Path:
+    """The final (EMA) weights of the member validated on ``fold``; written when its run completes."""
+    return member_dir(bundle, fold) / "models" / "model.pt"
 
 
 def read_cv(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -215,7 +221,7 @@ def train_cv(
             _drop_checkpoints(folder)
             continue
         start = time.time()
-        weights = folder / "models" / "model.pt"
+        weights = member_weights(bundle, fold)
         if weights.is_file():  # the final weights are written when a run completes
             logger.info("member of fold %d is trained (%s); predicting its fold", fold, weights)
             trained = _finished_run(folder)
@@ -287,7 +293,7 @@ def _learn(
     from medseg.data.dataset import load_datalist
     from medseg.ensemble.postprocessing import learn_postprocessing
 
-    inference = load_inference(bundle, "cpu", weights=member_dir(bundle, cv_folds()[0]) / "models" / "model.pt")
+    inference = load_inference(bundle, "cpu", weights=member_weights(bundle, cv_folds()[0]))
     datalist = load_datalist(_dataset_dir(inference, data_dir))
     cases = []
     for fold in members:
