@@ -84,13 +84,16 @@ def check_realm(url: str, timeout: float = 10.0) -> dict:
     return found
 
 
-def auth_environment(users: str | None, realm: str | None, token_minutes: float) -> dict[str, str]:
+def auth_environment(
+    users: str | None, realm: str | None, token_minutes: float, client_id: str = "monailabel"
+) -> dict[str, str]:
     """The server's environment for a login mode (empty values switch a mode off).
 
     Args:
         users: the users file (checked: private, with users), or None.
         realm: the Keycloak/OIDC realm URL (checked: its discovery document answers), or None.
-        token_minutes: lifetime of local tokens.
+        token_minutes: lifetime of local tokens, and the longest lifetime accepted of any token.
+        client_id: medseg's client in the realm (a realm token must name it in ``aud`` or ``azp``).
 
     Raises:
         ConfigError: both modes, or a failed check.
@@ -99,6 +102,8 @@ def auth_environment(users: str | None, realm: str | None, token_minutes: float)
         raise ConfigError("--users and --auth-realm exclude each other; choose one login")
     if not 0 < token_minutes <= 24 * 60:
         raise ConfigError("--token-minutes must be between 0 and 1440")
+    if not client_id or not client_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"--auth-client-id {client_id!r} is not a client name (letters, digits, '._-')")
     env = {"MEDSEG_SERVE_USERS": "", "MEDSEG_SERVE_AUTH_REALM": "", "MONAI_LABEL_AUTH_ENABLE": "false"}
     if users:
         load_users(users)
@@ -110,6 +115,11 @@ def auth_environment(users: str | None, realm: str | None, token_minutes: float)
     elif realm:
         check_realm(realm)
         env.update(
-            MEDSEG_SERVE_AUTH_REALM=realm, MONAI_LABEL_AUTH_REALM_URI=realm, MONAI_LABEL_AUTH_ENABLE="true"
+            MEDSEG_SERVE_AUTH_REALM=realm,
+            MONAI_LABEL_AUTH_REALM_URI=realm,
+            MONAI_LABEL_AUTH_ENABLE="true",
+            MONAI_LABEL_AUTH_CLIENT_ID=client_id,
+            MEDSEG_SERVE_AUTH_CLIENT_ID=client_id,
+            MEDSEG_SERVE_TOKEN_MINUTES=str(token_minutes),
         )
     return env

@@ -38,6 +38,7 @@ __all__ = [
     "free_port",
     "medseg_pythonpath",
     "port_is_free",
+    "upload_environment",
     "LABEL_VENV_SCRIPT",
 ]
 
@@ -49,21 +50,37 @@ class ServerError(MedsegError):
     """The MONAI Label server did not start or stopped unexpectedly."""
 
 
+def _socket_for(host: str) -> socket.socket:
+    """A TCP socket of the family of ``host`` (IPv6 for ``::1``), with ``SO_REUSEADDR`` as uvicorn sets
+    it: a port whose last server was killed moments ago (connections in TIME_WAIT) is free."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
 def free_port(host: str = HOST) -> int:
     """A TCP port that is free on ``host`` now."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((host, 0))
+    with contextlib.closing(_socket_for(host)) as sock:
+        sock.bind((host.strip("[]"), 0))
         return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
     """True when nothing listens on ``host:port`` and it can be bound."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+    with contextlib.closing(_socket_for(host)) as sock:
         try:
-            sock.bind((host, port))
+            sock.bind((host.strip("[]"), port))
         except OSError:
             return False
     return True
+
+
+def upload_environment(max_upload_mb: float, max_voxels: int) -> dict[str, str]:
+    """The server's environment for its upload limits (see :mod:`medseg.serve.limits`)."""
+    from medseg.serve.limits import MAX_UPLOAD_ENV, MAX_VOXELS_ENV
+
+    return {MAX_UPLOAD_ENV: f"{max_upload_mb:g}", MAX_VOXELS_ENV: str(int(max_voxels))}
 
 
 def _run_recipe(*args: str) -> subprocess.CompletedProcess:
@@ -174,7 +191,7 @@ class LabelServer:
         self.log_path = Path(log) if log else None
         self.infer_workers = infer_workers
         self.extra_env = dict(extra_env or {})
-        self.host = host
+        self.host = host.strip().removeprefix("[").removesuffix("]")
         self.ssl_files = (str(ssl_certfile), str(ssl_keyfile)) if ssl_certfile and ssl_keyfile else None
         self.process: subprocess.Popen | None = None
         self._log_file = None
@@ -182,7 +199,8 @@ class LabelServer:
     @property
     def url(self) -> str:
         """Where this machine reaches the server (loopback when it listens on every address)."""
-        host = HOST if self.host in ("0.0.0.0", "::", "") else self.host
+        host = self.host.strip("[]")
+        host = HOST if host in ("0.0.0.0", "::", "") else host
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.ssl_files else 'http'}://{host}:{self.port}"
 
@@ -220,6 +238,12 @@ class LabelServer:
             p for p in (str(medseg_pythonpath(root)), os.environ.get("PYTHONPATH", "")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
+        # the server's scratch space lives in the workdir (uploads being checked, Starlette's spooled
+        # request bodies, MONAI Label's result files): removed when the server starts, never /tmp
+        env["MEDSEG_SERVE_WORKDIR"] = str(root)
+        tmp = root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env["TMPDIR"] = str(tmp)
         env["MONAI_LABEL_DICOMWEB_CACHE_PATH"] = str(root / "dicomweb-cache")
         env["MONAI_LABEL_DATASTORE_CACHE_PATH"] = str(root / "dicomweb-cache")
         env["MONAI_LABEL_SESSION_PATH"] = str(root / "sessions")

@@ -39,8 +39,6 @@ import logging
 import multiprocessing
 import os
 import re
-import shutil
-import tempfile
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -56,10 +54,15 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.others.generic import remove_file
+from starlette.concurrency import run_in_threadpool
 
 from medseg.errors import MedsegError
-from medseg.serve.label import auth, labels, uploads, versions, worker
+from medseg.serve import names
+from medseg.serve.label import auth, labels, proxy, uploads, versions, worker
+from medseg.serve.label.guard import clean_scratch, guard, request_folder
 from medseg.serve.label.worker import JobError, error_status
+from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
+from medseg.serve.users import ROLE_PREFIX
 
 __all__ = ["app", "api", "stock_app", "startup", "infer_pool"]
 
@@ -125,12 +128,47 @@ for _target in (api, stock_app):
     _target.add_exception_handler(MedsegError, _medseg_exception)
 
 
-def _save_upload(upload: UploadFile) -> str:
-    suffix = uploads.upload_suffix(os.path.basename(upload.filename or "image.nii.gz"))
-    fd, path = tempfile.mkstemp(prefix="medseg-upload-", suffix=suffix)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(upload.file, out)
+RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+
+
+def _save_upload(upload: UploadFile, folder: str) -> str:
+    """The upload in the request's folder, checked against the server's limits (no voxel read yet)."""
+    name = os.path.basename(upload.filename or "image.nii.gz")
+    path = uploads.save_upload(upload, folder, f"upload{uploads.upload_suffix(name)}")
+    try:
+        check_volume_file(path, name, UploadLimits.from_env())
+    except UploadRefused as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
     return path
+
+
+def _output_options(p: dict[str, Any], from_datastore: bool) -> None:
+    """Options of an inference request that reach file names: a saved result is a model's output
+    (tag ``original``, never ``final``: a final label always passes the label checks of
+    PUT /datastore/label), and result files have an image ending.
+
+    Raises:
+        HTTPException: 400 with what to send instead.
+    """
+    if p.get("save_label") or "label_tag" in p:
+        try:
+            tag = names.label_tag(p.get("label_tag") or names.ORIGINAL)
+        except names.NameRefused as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        if tag != names.ORIGINAL:
+            raise HTTPException(
+                status_code=400,
+                detail=f"an inference result is saved with label_tag {names.ORIGINAL!r}; submit a corrected "
+                "final label with PUT /datastore/label (it is checked against its image)",
+            )
+        if p.get("save_label") and not from_datastore:
+            raise HTTPException(status_code=400, detail="save_label needs image=<a datastore id>")
+        p["label_tag"] = tag
+    extension = p.get("result_extension")
+    if extension is not None and extension not in RESULT_EXTENSIONS:
+        raise HTTPException(
+            status_code=400, detail=f"result_extension must be one of {', '.join(RESULT_EXTENSIONS)}"
+        )
 
 
 def _datastore_has(instance: Any, image: str) -> bool:
@@ -170,8 +208,8 @@ async def api_run_inference(
 ):
     instance = app_instance()
     if model not in instance.infer_names():
-        names = ", ".join(instance.infer_names()) or "none"
-        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has: {names}")
+        served = ", ".join(instance.infer_names()) or "none"
+        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has: {served}")
     p = uploads.parse_params(params)
     sources = [s for s in (bool(image), file is not None, bool(session_id)) if s]
     if len(sources) != 1:
@@ -195,11 +233,24 @@ async def api_run_inference(
                 detail="output=dicom_seg needs image=<SeriesInstanceUID> of the DICOMweb server",
             )
 
+    if image:
+        try:
+            names.plain_name(image, "image id")
+        except names.NameRefused as exc:
+            raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+    _output_options(p, bool(image))
+    with request_folder("infer-") as folder:
+        return await _infer(
+            background_tasks, instance, model, image, session_id, p, file, output, str(folder)
+        )
+
+
+async def _infer(background_tasks, instance, model, image, session_id, p, file, output, folder):
+    """The inference of :func:`api_run_inference`; an upload lives in ``folder`` until it returns."""
     request: dict[str, Any] = {"model": model, "image": image}
     upload = None
     if file is not None:
-        saved = await asyncio.get_running_loop().run_in_executor(None, _save_upload, file)
-        background_tasks.add_task(remove_file, saved)
+        saved = await asyncio.get_running_loop().run_in_executor(None, _save_upload, file, folder)
         request["image"] = saved
         upload = (saved, os.path.basename(file.filename or "upload"))
     elif session_id:
@@ -247,8 +298,8 @@ async def api_run_inference(
 def _train_checks(model: str) -> None:
     instance = app_instance()
     if model not in instance.trainer_names():
-        names = ", ".join(instance.trainer_names()) or "none"
-        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; trainable models: {names}")
+        served = ", ".join(instance.trainer_names()) or "none"
+        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; trainable models: {served}")
     labelled = len(instance.datastore().datalist())
     if labelled < 2:
         raise HTTPException(
@@ -304,14 +355,64 @@ def _restrict_cors() -> None:
 
 
 def startup() -> None:
-    """Server start-up, once: restrict CORS (before the middleware stack is built) and start the
-    inference workers so that they load the models while MONAI Label starts."""
+    """Server start-up, once: remove what a crash left in the scratch folders, restrict CORS (before
+    the middleware stack is built) and start the inference workers so that they load the models
+    while MONAI Label starts."""
     global _started
     if _started:
         return
     _started = True
+    clean_scratch()
     _restrict_cors()
     infer_pool()
+
+
+def _is_admin(request: Request) -> bool:
+    user = getattr(request.state, "medseg_user", None)
+    return user is None or f"{ROLE_PREFIX}admin" in (getattr(user, "roles", None) or [])
+
+
+def _without_paths(value: Any) -> Any:
+    """``value`` with the server's file paths taken out: ``path`` entries dropped, other absolute
+    paths cut to their file name (a datalist's images and labels)."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k != "path"}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return os.path.basename(value)
+    return value
+
+
+async def api_image_info(
+    request: Request, image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+):
+    info = await run_in_threadpool(app_instance().datastore().get_image_info, image)
+    return info if _is_admin(request) else _without_paths(info)
+
+
+async def api_label_info(
+    request: Request, label: str, tag: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+):
+    info = await run_in_threadpool(app_instance().datastore().get_label_info, label, names.label_tag(tag))
+    return info if _is_admin(request) else _without_paths(info)
+
+
+async def api_datastore(
+    request: Request,
+    output: str | None = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    datastore = app_instance().datastore()
+    if output == "all":
+        found = await run_in_threadpool(datastore.json)
+    elif output == "train":
+        found = await run_in_threadpool(datastore.datalist)
+    elif output in (None, "", "stats"):
+        found = await run_in_threadpool(datastore.status)
+    else:
+        raise HTTPException(status_code=400, detail="output is one of stats, all, train")
+    return found if _is_admin(request) else _without_paths(found)
 
 
 api.add_api_route(
@@ -331,9 +432,15 @@ api.include_router(
 )
 api.include_router(versions.make_router(lambda model: app_instance().version_store(model)))
 api.include_router(uploads.make_router())
+api.include_router(proxy.make_router())
+for _path, _route in (("/datastore/image/info", api_image_info), ("/datastore/label/info", api_label_info)):
+    api.add_api_route(_path, _route, methods=["GET"], summary=f"{RBAC_USER}Info (file paths for admins only)")
+api.add_api_route("/datastore/", api_datastore, methods=["GET"], summary=f"{RBAC_USER}Images and labels")
 
 # (method, path) served by `api`; everything else goes to MONAI Label's app
 _OURS = (
+    (None, re.compile(r"^/proxy/dicom(/|$)")),
+    ("GET", re.compile(r"^/datastore/(image/info|label/info)?/?$")),
     ("POST", re.compile(r"^/(infer|train)/[^/]+/?$")),
     ("PUT", re.compile(r"^/datastore/label/?$")),
     ("PUT", re.compile(r"^/datastore/(image/?)?$")),
@@ -344,7 +451,9 @@ _OURS = (
 
 def _is_ours(scope) -> bool:
     method, path = scope.get("method"), scope.get("path", "")
-    return scope["type"] == "http" and any(method == m and pattern.match(path) for m, pattern in _OURS)
+    return scope["type"] == "http" and any(
+        m in (None, method) and pattern.match(path) for m, pattern in _OURS
+    )
 
 
 async def app(scope, receive, send):
@@ -357,4 +466,5 @@ async def app(scope, receive, send):
         await stock_app(scope, receive, send)
 
 
-app = auth.protect(app, api, stock_app)  # the login, when medseg serve configures one
+# outermost first: names and sizes (guard), then the login (protect), then the routes
+app = guard(auth.protect(app, api, stock_app))

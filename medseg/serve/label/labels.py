@@ -18,8 +18,6 @@ builds the route in the MONAI Label venv.
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -187,23 +185,28 @@ def as_image_nifti(label: np.ndarray, image_path: str | os.PathLike, label_path:
 
 
 def make_router(allowed_labels: Any, label_names: Any) -> Any:
-    """medseg's ``PUT /datastore/label`` (MONAI Label venv only): check, then store as stock does.
+    """medseg's ``PUT /datastore/label`` (MONAI Label venv only): bound, check, then store atomically.
 
     Args:
         allowed_labels: callable ``() -> set of label values`` of the served bundles.
         label_names: callable ``() -> {value: name}`` (to map DICOM SEG segments).
     """
-    from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+    from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
     from monailabel.config import RBAC_ANNOTATOR, settings
     from monailabel.endpoints.user.auth import RBAC, User
-    from monailabel.interfaces.datastore import DefaultLabelTag
     from monailabel.interfaces.utils.app import app_instance
-    from monailabel.utils.others.generic import remove_file
     from starlette.concurrency import run_in_threadpool
+
+    from medseg.serve.label.guard import request_folder
+    from medseg.serve.label.uploads import save_upload
+    from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
+    from medseg.serve.names import FINAL, NameRefused, label_tag, plain_name
 
     router = APIRouter(prefix="/datastore", tags=["Datastore"])
 
-    def _save(image: str, path: str, name: str, tag: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _save(
+        image: str, upload: Any, name: str, suffix: str, tag: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
         instance = app_instance()
         datastore = instance.datastore()
         try:
@@ -215,21 +218,28 @@ def make_router(allowed_labels: Any, label_names: Any) -> Any:
                 status_code=404,
                 detail=f"image {image!r} is not in the datastore; upload it first (PUT /datastore/image)",
             )
-        series_dir = datastore.series_dir(image) if hasattr(datastore, "series_dir") else None
-        image_uri = datastore.get_image_uri(image)
-        try:
-            label = check_label(
-                path,
-                image_uri,
-                allowed_labels(),
-                name=name,
-                label_names=label_names(),
-                series_dir=series_dir,
-            )
-        except LabelError as exc:
-            logger.warning("label for %s refused: %s", image, exc)
-            raise HTTPException(status_code=exc.status, detail=str(exc)) from None
-        label_id = datastore.save_label(image, as_image_nifti(label, image_uri, path), tag, params)
+        with request_folder("label-") as folder:
+            path = save_upload(upload, folder, f"label{suffix}")
+            try:
+                check_volume_file(path, name, UploadLimits.from_env())
+            except UploadRefused as exc:
+                logger.warning("label for %s refused: %s", image, exc)
+                raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+            series_dir = datastore.series_dir(image) if hasattr(datastore, "series_dir") else None
+            image_uri = datastore.get_image_uri(image)
+            try:
+                label = check_label(
+                    path,
+                    image_uri,
+                    allowed_labels(),
+                    name=name,
+                    label_names=label_names(),
+                    series_dir=series_dir,
+                )
+            except LabelError as exc:
+                logger.warning("label for %s refused: %s", image, exc)
+                raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+            label_id = datastore.save_label(image, as_image_nifti(label, image_uri, path), tag, params)
         result = instance.on_save_label(image, label_id) or {}
         result.update({"image": image, "label": label_id})
         logger.info("label %s for %s stored (tag %s)", label_id, image, tag)
@@ -237,13 +247,16 @@ def make_router(allowed_labels: Any, label_names: Any) -> Any:
 
     @router.put("/label", summary=f"{RBAC_ANNOTATOR}Save a finished label (checked against its image first)")
     async def api_save_label(
-        background_tasks: BackgroundTasks,
         image: str,
         params: str = Form("{}"),  # noqa: B008
-        tag: str = DefaultLabelTag.FINAL.value,
+        tag: str = FINAL,
         label: UploadFile = File(...),  # noqa: B008
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),  # noqa: B008
     ):
+        try:
+            image, tag = plain_name(image, "image id"), label_tag(tag)
+        except NameRefused as exc:
+            raise HTTPException(status_code=exc.status, detail=str(exc)) from None
         name = os.path.basename(label.filename or "label.nii.gz")
         suffix = label_suffix(name)
         if suffix is None:
@@ -254,14 +267,7 @@ def make_router(allowed_labels: Any, label_names: Any) -> Any:
         save_params = parse_params(params)
         if user is not None and getattr(user, "username", None):
             save_params["user"] = user.username
-        folder = tempfile.mkdtemp(prefix="medseg-label-")
-        background_tasks.add_task(shutil.rmtree, folder, True)
-        path = str(Path(folder) / f"label{suffix}")
-        with open(path, "wb") as out:
-            shutil.copyfileobj(label.file, out)
-        background_tasks.add_task(remove_file, path)
-        return await run_in_threadpool(
-            _save, image, path, name, tag or DefaultLabelTag.FINAL.value, save_params
-        )
+        # reading, checking and storing run in a worker thread: the event loop stays free
+        return await run_in_threadpool(_save, image, label, name, suffix, tag, save_params)
 
     return router

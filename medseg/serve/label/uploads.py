@@ -4,38 +4,41 @@ Why: 3D Slicer uploads the volume a clinician loaded (the MONAI Label client cal
 /datastore/?image=ID``) and an empty datastore is filled this way. Stock MONAI Label stores any
 file under any id, and uses the id as a file name: ``image=../x`` would write outside the
 datastore, and a truncated file is stored and fails later, in inference or training. Here the
-id must be a plain name, the file a NIfTI or NRRD that reads as a 3-D image; otherwise 400 / 415 /
-422 with a message and the datastore is unchanged. The stored image is what stock MONAI Label
-stores (the datastore's ``add_image``).
+id must be a plain name (:func:`medseg.serve.names.plain_name`), the upload stays within the
+server's limits (:mod:`medseg.serve.limits`: bytes, and voxels its header announces, checked before
+any voxel is read) and the file is a NIfTI or NRRD that reads as a 3-D image; otherwise 400 / 413 /
+415 / 422 with a message, the datastore is unchanged and the upload's scratch folder is gone. The
+image is stored with an atomic write (see :class:`medseg.serve.label.datastores.MedsegLocalDatastore`).
 """
 
 import json
 import os
-import re
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix, strip_image_suffix
+from medseg.serve.names import plain_name
 
-__all__ = ["IMAGE_ID", "image_id_of", "make_router"]
-
-IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+__all__ = ["image_id_of", "make_router", "parse_params", "save_upload", "upload_suffix"]
 
 
 def image_id_of(requested: str | None, filename: str) -> str:
     """The datastore id of an upload: the requested one, else the file name without its image ending.
 
     Raises:
-        ValueError: the id is not a plain name (letters, digits, ``.``, ``_``, ``-``; no path).
+        medseg.serve.names.NameRefused: the id is not a plain name (letters, digits, ``.``, ``_``, ``-``;
+            no path).
     """
-    image_id = requested or strip_image_suffix(os.path.basename(filename))
-    if not IMAGE_ID.match(image_id) or ".." in image_id:
-        raise ValueError(
-            f"image id {image_id!r} is not a plain name: use letters, digits, '.', '_' and '-' (at most 128)"
-        )
-    return image_id
+    return plain_name(requested or strip_image_suffix(os.path.basename(filename)), "image id")
+
+
+def save_upload(upload: Any, folder: os.PathLike, name: str) -> str:
+    """Copy a request's uploaded file (a Starlette ``UploadFile``) into ``folder`` as ``name``."""
+    path = os.path.join(folder, name)
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(upload.file, out, 1 << 20)
+    return path
 
 
 def upload_suffix(name: str) -> str:
@@ -76,25 +79,32 @@ def parse_params(params: str | None) -> dict[str, Any]:
 
 def make_router() -> Any:
     """The upload routes (MONAI Label venv only)."""
-    from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+    from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
     from monailabel.config import RBAC_ANNOTATOR, settings
     from monailabel.endpoints.user.auth import RBAC, User
     from monailabel.interfaces.utils.app import app_instance
     from starlette.concurrency import run_in_threadpool
 
+    from medseg.serve.label.guard import request_folder
     from medseg.serve.label.worker import JobError, check_image_file
+    from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
+    from medseg.serve.names import NameRefused
 
     router = APIRouter(prefix="/datastore", tags=["Datastore"])
 
-    def _store(image_id: str, path: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
-        try:
-            check_image_file(path, name)
-        except JobError as exc:
-            raise HTTPException(status_code=exc.status, detail=exc.detail) from None
-        return {"image": app_instance().datastore().add_image(image_id, path, params)}
+    def _store(image_id: str, upload: Any, name: str, suffix: str, params: dict[str, Any]) -> dict[str, Any]:
+        with request_folder("image-") as folder:
+            path = save_upload(upload, folder, f"{image_id}{suffix}")
+            try:
+                check_volume_file(path, name, UploadLimits.from_env())
+                check_image_file(path, name)
+            except UploadRefused as exc:
+                raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+            except JobError as exc:
+                raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+            return {"image": app_instance().datastore().add_image(image_id, path, params)}
 
     async def api_add_image(
-        background_tasks: BackgroundTasks,
         image: str | None = None,
         params: str = Form("{}"),  # noqa: B008
         file: UploadFile = File(...),  # noqa: B008
@@ -104,17 +114,13 @@ def make_router() -> Any:
         suffix = upload_suffix(name)
         try:
             image_id = image_id_of(image, name)
-        except ValueError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
+        except NameRefused as exc:
+            raise HTTPException(status_code=exc.status, detail=str(exc)) from None
         save_params = parse_params(params)
         if user is not None and getattr(user, "username", None):
             save_params["user"] = user.username
-        folder = tempfile.mkdtemp(prefix="medseg-upload-")
-        background_tasks.add_task(shutil.rmtree, folder, True)
-        path = str(Path(folder) / f"{image_id}{suffix}")
-        with open(path, "wb") as out:
-            shutil.copyfileobj(file.file, out)
-        return await run_in_threadpool(_store, image_id, path, name, save_params)
+        # reading, checking and storing run in a worker thread: the event loop stays free
+        return await run_in_threadpool(_store, image_id, file, name, suffix, save_params)
 
     summary = f"{RBAC_ANNOTATOR}Upload a new image (checked: a readable 3-D NIfTI/NRRD under a plain id)"
     router.add_api_route("/image", api_add_image, methods=["PUT"], summary=summary)
