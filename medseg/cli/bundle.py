@@ -2,7 +2,7 @@
 
 ``medseg bundle check`` guards the rule that every planned bundle is what its recorded
 ``plans/plan.json`` renders (no hand edits that a re-plan would silently undo): it re-renders
-each bundle with :func:`medseg.plan.render.check_bundle` (no data, no timing) and prints the head
+each bundle with :func:`medseg.render.check_bundle` (no data, no timing) and prints the head
 of a unified diff for each file that differs. CI runs it for every bundle in ``bundles/``; a
 bundle without a plan (written by hand) is reported and passes until it is regenerated.
 """
@@ -60,7 +60,7 @@ def bundle_diffs(bundle_dir: str | Path) -> dict[str, list[str]]:
     Raises:
         BundleError: the bundle has no ``plans/plan.json``.
     """
-    from medseg.plan.render import check_bundle, generated_from, rendered_files
+    from medseg.render import check_bundle, generated_from, rendered_files
 
     root = Path(bundle_dir)
     different = check_bundle(root)
@@ -85,7 +85,7 @@ def bundle_diffs(bundle_dir: str | Path) -> dict[str, list[str]]:
 
 def run_check(args: argparse.Namespace) -> int:
     from medseg.errors import InputError
-    from medseg.plan.render import generated_from
+    from medseg.render import generated_from
 
     if args.diff_lines < 0:
         raise InputError(f"diff_lines must be 0 or more, got {args.diff_lines}", param="diff_lines")

@@ -17,7 +17,7 @@ import sys
 from medseg import __version__
 from medseg.errors import MedsegError, flag_names
 
-__all__ = ["PARAM_FLAGS", "build_parser", "error_message", "flag_of", "main"]
+__all__ = ["PARAM_FLAGS", "build_parser", "configure_logging", "error_message", "flag_of", "main"]
 
 # Library parameters whose flag is not ``--`` + the name with dashes.
 PARAM_FLAGS = {"series_uid": "--series", "data_dir": "--data"}
@@ -67,13 +67,31 @@ def error_message(exc: MedsegError) -> str:
     return exc.with_flag(flag_of(exc.param)) if exc.param else str(exc)
 
 
+# MONAI warns on every import that the GPU DICOM decoder is missing; medseg decodes DICOM with
+# pydicom, so for users this is noise: it is logged at debug level (seen with --verbose).
+_DEBUG_ONLY_LOGGERS = ("monai.data.nvimgcodec_pydicom_plugin",)
+
+
+def _as_debug(record: logging.LogRecord) -> bool:
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def configure_logging(verbose: bool) -> None:
+    """medseg's log format and level; MONAI's notices that concern no medseg user go to debug level."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for name in _DEBUG_ONLY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _as_debug not in logger.filters:
+            logger.addFilter(_as_debug)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -12,11 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "run", "OVERRIDES_FILE", "PLAN_FILES"]
-
-PLAN_FILES = ("fingerprint.json", "plan.json")
-# Recorded overrides (kept across re-planning): {"augmentation.mirror_axes": [0], ...}
-OVERRIDES_FILE = "overrides.json"
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -97,16 +93,17 @@ def run(args: argparse.Namespace) -> int:
     from medseg.io.atomic import atomic_write_json
     from medseg.plan.fingerprint import extract_fingerprint
     from medseg.plan.planner import explain, make_plan
-    from medseg.plan.render import BUNDLE_FILES, render_bundle, render_files
+    from medseg.render import BUNDLE_FILES, BundleTemplate, render_bundle
+    from medseg.render.records import CV_RECORD, FINGERPRINT_FILE, OVERRIDES_FILE, PLAN_FILE, RECORD_FILE
 
-    plans = Path(args.output) / "plans"
-    targets = [plans / f for f in PLAN_FILES] + [Path(args.output) / f for f in BUNDLE_FILES]
+    root = Path(args.output)
+    targets = [root / f for f in (FINGERPRINT_FILE, PLAN_FILE, *BUNDLE_FILES)]
     existing = [path for path in targets if path.exists()]
     if existing and not args.force:
         raise ConfigError(f"{existing[0]} exists; add --force to replace the plan and the bundle's files")
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
-    overrides = _read_overrides(plans / OVERRIDES_FILE)
+    overrides = _read_overrides(root / OVERRIDES_FILE)
     concepts = _read_json_object(Path(args.concepts), "--concepts") if args.concepts else None
     spec = open_dataset(args.dataset)
     fingerprint = extract_fingerprint(spec, workers=args.workers, progress=sys.stderr.isatty())
@@ -122,17 +119,17 @@ def run(args: argparse.Namespace) -> int:
         concepts=concepts,
     )
     try:
-        render_files(plan)  # rendered before anything is written
+        BundleTemplate(plan).files()  # rendered before anything is written
         not_rendered = ""
     except ConfigError as exc:  # a plan the template cannot render yet: the plan is still written
         not_rendered = str(exc)
-    plans.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(plans / "fingerprint.json", fingerprint)
-    atomic_write_json(plans / "plan.json", plan)
-    for stale in ("training.json", "cv.json"):  # they describe runs of the replaced plan
-        if (plans / stale).is_file():
-            (plans / stale).unlink()
-            print(f"removed plans/{stale}: it recorded a run of the replaced plan; record the new run's")
+    (root / PLAN_FILE).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / FINGERPRINT_FILE, fingerprint)
+    atomic_write_json(root / PLAN_FILE, plan)
+    for stale in (RECORD_FILE, CV_RECORD):  # they describe runs of the replaced plan
+        if (root / stale).is_file():
+            (root / stale).unlink()
+            print(f"removed {stale}: it recorded a run of the replaced plan; record the new run's")
     if not not_rendered:
         render_bundle(plan, args.output)
     if args.explain:
@@ -143,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         f"{plan['inputs']['dims']}-D for {plan['inputs']['target']}, spacing {values['target_spacing']}, "
         f"patch {values['patch_size']}, batch {values['batch_size']}, {values['training']['max_epochs']} epochs"
     )
-    print(f"written: {plans / 'fingerprint.json'}, {plans / 'plan.json'}")
+    print(f"written: {root / FINGERPRINT_FILE}, {root / PLAN_FILE}")
     if not_rendered:
         print(f"bundle files not rendered: {not_rendered}")
     else:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from medseg.bundle.core import Bundle, open_bundle
-from medseg.ensemble.cv import cv_folds, load_oof, load_reference, member_weights, read_cv
+from medseg.ensemble.cv import cv_folds, load_oof, load_reference, member_weights
 from medseg.errors import BundleError, ConfigError
 from medseg.evaluation import case_dice
+from medseg.render.records import read_cv
 
 __all__ = ["choose_configuration", "check_members"]
 

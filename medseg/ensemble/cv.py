@@ -34,17 +34,16 @@ from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import BundleError, InputError
 from medseg.evaluation import case_dice, mean_dice
 from medseg.io.atomic import atomic_write, atomic_write_json
+from medseg.render.records import CV_RECORD, PLAN_FILE, read_plan, read_record
 
 __all__ = [
     "CV_FOLDS",
-    "CV_RECORD",
     "cv_folds",
     "load_oof",
     "load_reference",
     "member_dir",
     "member_weights",
     "predict_oof",
-    "read_cv",
     "summarize",
     "train_cv",
 ]
@@ -52,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CV_FOLDS = (1, 2, 3, 4)  # every fold but the test fold 0
-CV_RECORD = "plans/cv.json"
 
 
 def cv_folds(test_fold: int = 0, num_folds: int = DEFAULT_NUM_FOLDS) -> list[int]:
@@ -68,17 +66,6 @@ def member_dir(bundle: Bundle, fold: int) -> Path:
 def member_weights(bundle: Bundle, fold: int) -> Path:
     """The final (EMA) weights of the member validated on ``fold``; written when its run completes."""
     return member_dir(bundle, fold) / "models" / "model.pt"
-
-
-def read_cv(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """A bundle's cross-validation record (``plans/cv.json``), or None."""
-    path = Path(bundle_dir) / CV_RECORD
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); remove it and rerun medseg train --cv") from exc
 
 
 def _dataset_dir(inference: Any, data_dir: str | os.PathLike | None) -> Path:
@@ -305,8 +292,7 @@ def _learn(
 
 def _rerender(bundle: Bundle, cv: Mapping[str, Any]) -> None:
     """Render a planned bundle again, so its README shows the CV table and its configs the steps."""
-    from medseg.plan.render import read_record, render_bundle
+    from medseg.render import render_bundle
 
-    plan_file = bundle.root / "plans" / "plan.json"
-    if plan_file.is_file():
-        render_bundle(json.loads(plan_file.read_text()), bundle.root, record=read_record(bundle.root), cv=cv)
+    if (bundle.root / PLAN_FILE).is_file():
+        render_bundle(read_plan(bundle.root), bundle.root, record=read_record(bundle.root), cv=cv)

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["EnsembleNetwork"]
+__all__ = ["EnsembleNetwork", "bundle_network"]
 
 # the log of a probability that rounds to zero: finite, so an argmax or softmax stays defined
 _LOG_FLOOR = 1e-8
@@ -95,7 +95,9 @@ class EnsembleNetwork(nn.Module):
             checkpoint file, loaded here with medseg's one unwrapping rule), ``group`` (members of
             one group share ``inferer``; default one group per distinct inferer), ``inferer`` (how
             the member sees a whole image, e.g. its configuration's ``SlidingWindowInferer``; None
-            runs it on the whole input) and ``name`` (for reports).
+            runs it on the whole input) and ``name`` (for reports). A mapping whose ``weights`` is
+            itself a mapping ``{name: checkpoint file}`` stands for one member per file, each a copy
+            of its ``network`` (a configuration's cross-validation members, written once).
         batched: run same-architecture members of a group as one batched forward: ``"auto"`` on
             CUDA only (measured slower on CPU), or True/False.
         fast: run the first member alone (``medseg segment --fast``).
@@ -116,7 +118,8 @@ class EnsembleNetwork(nn.Module):
 
         if not members:
             raise BundleError("an ensemble needs at least one member")
-        chosen = list(members)[:1] if fast else list(members)
+        members = list(_expand(members))
+        chosen = members[:1] if fast else members
         self.names = [str(m.get("name", f"member {i}")) for i, m in enumerate(chosen)]
         self.weight_files = [os.path.basename(str(m["weights"])) for m in chosen]
         groups: dict[str, tuple[list[nn.Module], Any]] = {}
@@ -146,6 +149,36 @@ class EnsembleNetwork(nn.Module):
         for group in self.groups:
             group._stacked = None  # re-stacked on the new device or memory format
         return super().to(*args, **kwargs)
+
+
+def _expand(members: Sequence[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    """One mapping per member: a configuration's ``weights`` mapping becomes one member per file."""
+    for member in members:
+        weights = member["weights"]
+        if not isinstance(weights, Mapping):
+            yield member
+            continue
+        for index, (name, path) in enumerate(weights.items()):
+            network = member["network"] if index == 0 else copy.deepcopy(member["network"])
+            yield {**member, "name": name, "weights": path, "network": network}
+
+
+def bundle_network(
+    config_file: str | os.PathLike, bundle_root: str | os.PathLike, key: str = "network_def"
+) -> Any:
+    """The network a bundle config defines (an ensemble's evaluate.json reuses its inference.json's).
+
+    Args:
+        config_file: the config that defines it (``configs/inference.json``).
+        bundle_root: the bundle folder its ``@bundle_root`` paths resolve against.
+        key: the network's key in that config.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser["bundle_root"] = str(bundle_root)
+    return parser.get_parsed_content(key)
 
 
 def _input_dims(member: Mapping[str, Any]) -> int:

@@ -30,6 +30,7 @@ from torch import nn
 from medseg.networks.base import SegmentationModel
 from medseg.networks.blocks import ASPP, ActType, NormType, SeparableConvolution, conv_norm_act
 from medseg.networks.encoders import ResNetEncoder
+from medseg.networks.registry import network_spec
 
 __all__ = ["DeepLabV3PlusDecoder", "DeepLabV3Plus", "default_atrous_rates"]
 
@@ -179,7 +180,11 @@ class DeepLabV3Plus(SegmentationModel):
     ) -> None:
         if output_stride not in (8, 16):
             raise ValueError(f"DeepLabV3+ output_stride must be 8 or 16, got {output_stride}.")
-        super().__init__(spatial_dims, output_stride, pad_mode)
+        super().__init__(
+            spatial_dims,
+            network_spec("deeplabv3plus").total_stride(spatial_dims, output_stride=output_stride),
+            pad_mode,
+        )
         if atrous_rates is None:
             atrous_rates = default_atrous_rates(spatial_dims, output_stride)
         self.encoder = ResNetEncoder(

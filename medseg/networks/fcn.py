@@ -27,6 +27,7 @@ from torch import nn
 
 from medseg.networks.base import SegmentationModel
 from medseg.networks.blocks import ActType, NormType, bilinear_upsampling_weights, conv_norm_act
+from medseg.networks.registry import network_spec
 
 __all__ = ["VGGEncoder", "FCN8sDecoder", "FCN"]
 
@@ -176,7 +177,7 @@ class FCN(SegmentationModel):
         align_corners: bool = False,
         pad_mode: str = "constant",
     ) -> None:
-        super().__init__(spatial_dims, 32, pad_mode)
+        super().__init__(spatial_dims, network_spec("fcn").total_stride(spatial_dims), pad_mode)
         self.encoder = VGGEncoder(spatial_dims, in_channels, channels, convs_per_stage, act, norm)
         self.decoder = FCN8sDecoder(
             spatial_dims, self.encoder.out_channels, out_channels, fc_channels, act, dropout

@@ -23,6 +23,7 @@ from torch import nn
 from medseg.networks.base import SegmentationModel
 from medseg.networks.blocks import ActType, NormType, PyramidPooling, conv_norm_act
 from medseg.networks.encoders import ResNetEncoder
+from medseg.networks.registry import network_spec
 
 __all__ = ["PSPDecoder", "PSPNet"]
 
@@ -109,7 +110,11 @@ class PSPNet(SegmentationModel):
     ) -> None:
         if output_stride not in (8, 16):
             raise ValueError(f"PSPNet output_stride must be 8 or 16, got {output_stride}.")
-        super().__init__(spatial_dims, output_stride, pad_mode)
+        super().__init__(
+            spatial_dims,
+            network_spec("pspnet").total_stride(spatial_dims, output_stride=output_stride),
+            pad_mode,
+        )
         self.encoder = ResNetEncoder(
             spatial_dims, in_channels, channels, num_blocks, output_stride, act, norm
         )

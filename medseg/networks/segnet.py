@@ -23,6 +23,7 @@ from torch import nn
 
 from medseg.networks.base import SegmentationModel
 from medseg.networks.blocks import ActType, NormType, conv_norm_act
+from medseg.networks.registry import network_spec
 
 __all__ = ["MaxUnpool", "SegNetEncoder", "SegNetDecoder", "SegNet"]
 
@@ -201,7 +202,9 @@ class SegNet(SegmentationModel):
     ) -> None:
         if len(channels) < 1 or convs_per_stage < 1:
             raise ValueError("SegNet needs at least one stage and one convolution per stage.")
-        super().__init__(spatial_dims, 2 ** len(channels), pad_mode)
+        super().__init__(
+            spatial_dims, network_spec("segnet").total_stride(spatial_dims, channels=channels), pad_mode
+        )
         self.encoder = SegNetEncoder(spatial_dims, in_channels, channels, convs_per_stage, act, norm)
         self.decoder = SegNetDecoder(spatial_dims, channels, convs_per_stage, act, norm)
         self.head = Conv[Conv.CONV, spatial_dims](self.decoder.out_channels, out_channels, kernel_size=1)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from monai.networks.nets import UNet as MonaiUNet
-from monai.utils import ensure_tuple_rep
 
 from medseg.networks.base import SegmentationModel
 from medseg.networks.blocks import ActType, NormType
+from medseg.networks.registry import network_spec
 
 __all__ = ["UNet"]
 
@@ -67,8 +66,9 @@ class UNet(SegmentationModel):
             raise ValueError(
                 f"strides needs len(channels) - 1 = {len(channels) - 1} values, got {len(strides)}."
             )
-        total = np.prod([ensure_tuple_rep(s, spatial_dims) for s in strides], axis=0).astype(int)
-        super().__init__(spatial_dims, tuple(int(t) for t in total), pad_mode)
+        super().__init__(
+            spatial_dims, network_spec("unet").total_stride(spatial_dims, strides=strides), pad_mode
+        )
         self.unet = MonaiUNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels,

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError
+from medseg.render.records import installed_versions
 
 __all__ = [
     "PLAN_VERSION",
@@ -55,8 +56,8 @@ __all__ = [
     "get_pool_and_conv_props",
     "target_spacing",
     "estimate_step",
-    "installed_versions",
     "make_plan",
+    "apply_overrides",
     "explain",
 ]
 
@@ -737,7 +738,7 @@ def _metadata_text(fields: Any) -> dict[str, Any]:
     return dict(fields)
 
 
-def _apply_overrides(
+def apply_overrides(
     values: dict[str, dict[str, Any]], overrides: Mapping[str, Any], why: Mapping[str, str] | None = None
 ) -> None:
     """Replace planned values by recorded overrides, keeping what the rules planned in ``data``.
@@ -813,19 +814,6 @@ def _concepts(concepts: Mapping[str, Any] | None, labels: Mapping[str, str]) -> 
             raise ConfigError(f"concepts of label {key} need at least a 'type' code [value, scheme, meaning]")
         checked[str(key)] = dict(code)
     return dict(sorted(checked.items(), key=lambda kv: int(kv[0])))
-
-
-def installed_versions() -> dict[str, str]:
-    """The installed versions the bundle's metadata.json names, recorded so re-rendering is exact."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("monai", "torch", "numpy", "pytorch-ignite", "nibabel", "tensorboard", "medseg"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
 
 
 def _train_cases(num_cases: int) -> int:
@@ -1068,7 +1056,7 @@ def make_plan(
     )
     values["suitability"] = _suitability(fingerprint, spacing, mirror["value"], rgb)
     input_overrides, value_overrides = _split_overrides(overrides or {})
-    _apply_overrides(values, value_overrides, (overrides or {}).get(WHY_KEY))
+    apply_overrides(values, value_overrides, (overrides or {}).get(WHY_KEY))
     labels = dict(dataset["labels"])
     if "labels" in input_overrides:
         labels = _override_labels(labels, input_overrides["labels"])

@@ -19,7 +19,7 @@ from medseg.bundle import REQUIRED_FILES, evaluate_bundle, export_bundle, open_b
 from medseg.bundle.loader import is_ensemble, weight_files
 from medseg.data import split_folds
 from medseg.data.dataset import load_datalist
-from medseg.plan.render import check_bundle, generated_from
+from medseg.render import check_bundle, generated_from
 
 pytestmark = pytest.mark.needs_data
 
@@ -126,7 +126,7 @@ def test_bundle_layout_and_metadata(name: str) -> None:
         assert key in inference, f"{name} inference.json lacks {key}"
     if name in ENSEMBLES:  # one weights file per member, loaded by network_def
         assert inference["network_def"]["_target_"] == "medseg.ensemble.EnsembleNetwork"
-        members = [m["network"]["_target_"] for m in inference["members"]]
+        members = [m["network"]["_target_"] for m in inference["members"] for _ in m["weights"]]
         assert len(members) >= 2 and all(t.startswith("medseg.networks.") for t in members)
     else:
         assert "checkpointloader" in inference, f"{name} inference.json lacks checkpointloader"

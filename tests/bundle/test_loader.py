@@ -205,7 +205,9 @@ def test_an_ensemble_has_no_single_weights_to_override(tmp_path: Path) -> None:
     root = BUNDLES / "hippocampus_ensemble"
     evaluate = json.loads((root / "configs" / "evaluate.json").read_text())
     assert "checkpointloader" not in evaluate and "@checkpointloader" not in evaluate["validate#handlers"]
-    assert evaluate["ensemble_def"]["_target_"] == "medseg.ensemble.EnsembleNetwork"
+    assert (
+        evaluate["ensemble_def"]["_target_"] == "medseg.ensemble.network.bundle_network"
+    )  # inference.json's
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"")
     with pytest.raises(BundleError, match="ensemble"):

@@ -112,13 +112,13 @@ def test_fold_all_trains_every_non_test_fold_and_only_monitors(planned_2d, monke
 def test_a_plan_that_trains_on_all_folds_renders_them_literally(planned_2d, tmp_path: Path) -> None:
     """Recorded as ``training.train_folds``: train.json lists folds 1-4 and the README says fold 1 only
     monitors; fold 0 stays out of both lists."""
-    from medseg.plan.planner import _apply_overrides
-    from medseg.plan.render import render_files
+    from medseg.plan.planner import apply_overrides
+    from medseg.render import BundleTemplate
 
     _, bundle = planned_2d
     plan = json.loads((bundle / "plans" / "plan.json").read_text())
-    _apply_overrides(plan["values"], {"training.train_folds": [1, 2, 3, 4]})
-    files = render_files(plan)
+    apply_overrides(plan["values"], {"training.train_folds": [1, 2, 3, 4]})
+    files = BundleTemplate(plan).files()
     train = json.loads(files["configs/train.json"])
     assert train["train_folds"] == [1, 2, 3, 4] and train["val_fold"] == 1 and train["test_fold"] == 0
     assert "fold 1 is validated for monitoring only (it is trained on too)" in files["docs/README.md"]

@@ -1,4 +1,4 @@
-"""Bundle rendering (medseg.plan.render): one template, complete bundles that MONAI and medseg run."""
+"""Bundle rendering (medseg.render.template): one template, complete bundles that MONAI and medseg run."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from medseg.cli.main import main
 from medseg.errors import BundleError
-from medseg.plan.render import BUNDLE_FILES, check_bundle
+from medseg.render import BUNDLE_FILES, check_bundle, render_bundle
+from medseg.render.records import RECORD_FILE, read_plan, read_record
 
 pytestmark = pytest.mark.needs_data
 
@@ -253,8 +254,6 @@ def test_concepts_of_an_unknown_label_are_refused(msd_copy, tmp_path, capsys):
 
 
 def test_training_record_renders_into_metadata_and_readme(planned_msd):
-    from medseg.plan.render import RECORD_FILE
-
     _, bundle = planned_msd
     record = {
         "version": "0.2.0",
@@ -270,10 +269,7 @@ def test_training_record_renders_into_metadata_and_readme(planned_msd):
     }
     (bundle / RECORD_FILE).write_text(json.dumps(record))
     assert check_bundle(bundle) == ["configs/metadata.json", "docs/README.md"]  # rendered without it
-    plan = json.loads((bundle / "plans" / "plan.json").read_text())
-    from medseg.plan.render import read_record, render_bundle
-
-    render_bundle(plan, bundle, record=read_record(bundle))
+    render_bundle(read_plan(bundle), bundle, record=read_record(bundle))
     assert check_bundle(bundle) == []
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["version"] == "0.2.0" and metadata["eval_metrics"]["mean_dice"] == 0.375
