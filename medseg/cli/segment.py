@@ -35,7 +35,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "not for diagnosis.",
     )
     parser.add_argument(
-        "input", metavar="INPUT", help="DICOM folder or file, .nii/.nii.gz or .nrrd, or a folder of them"
+        "input",
+        metavar="INPUT",
+        nargs="+",
+        help="DICOM folder or file, .nii/.nii.gz or .nrrd, or a folder of them; several are a batch",
     )
     parser.add_argument(
         "--bundle", required=True, metavar="BUNDLE", help="bundle folder, e.g. bundles/hippocampus_unet3d"
@@ -58,6 +61,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--force", action="store_true", help="segment even when the input does not fit the bundle"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for batches")
+    _add_batch_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -83,12 +87,36 @@ def format_volumes(report: dict[str, Any]) -> str:
     return ", ".join(f"{row['name']} {row['volume_ml']:.2f} mL" for row in report["labels"])
 
 
+def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a batch (medseg.segment.batch): Ray workers, resume."""
+    batch = parser.add_argument_group("batch (several inputs)")
+    batch.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="run the batch on N Ray workers, each loading the model once (default: in this process)",
+    )
+    batch.add_argument(
+        "--ray-address", default=None, metavar="ADDR",
+        help="an existing Ray cluster (from 'ray start --head'); default: a local Ray started here",
+    )
+    batch.add_argument(
+        "--resume", action="store_true",
+        help="skip inputs that OUTDIR/manifest.jsonl records as done with the same weights",
+    )
+
+
+def _batch_settings(args: argparse.Namespace) -> Any:
+    from medseg.segment import BatchSettings
+
+    return BatchSettings(workers=args.workers, ray_address=args.ray_address, resume=args.resume)
+
+
 def _segment(args: argparse.Namespace, output: Path) -> Any:
+    from medseg.cli.main import flag_of
     from medseg.segment import segment
 
     with quiet_libraries(getattr(args, "verbose", False)):
         return segment(
-            args.input,
+            args.input[0] if len(args.input) == 1 else args.input,
             args.bundle,
             output,
             series_uid=args.series,
@@ -98,20 +126,24 @@ def _segment(args: argparse.Namespace, output: Path) -> Any:
             overlap=args.overlap,
             force=args.force,
             progress=not args.no_progress,
+            batch=_batch_settings(args),
+            flag_of=flag_of,
         )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Segment ``args.input``; returns 0, or 1 when inputs of a batch failed."""
+    """Segment ``args.input``; returns 0, or the number of failed inputs of a batch (capped at 100)."""
     from medseg.errors import ConfigError
     from medseg.io import prefetch
+    from medseg.segment import exit_code
 
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} exists and is not a folder")
     # read the input on the other core while torch and MONAI are imported (a batch folder
     # fails to read as one image: then the prefetch is simply not used)
-    prefetch.start(args.input, args.series)
+    if len(args.input) == 1:
+        prefetch.start(args.input[0], args.series)
     try:
         result = _segment(args, output)
     finally:
@@ -130,11 +162,16 @@ def run(args: argparse.Namespace) -> int:
             )
     if result.single:
         return 0
-    total = len(result.results) + len(result.failures)
-    print(f"segmented {len(result.results)} of {total} inputs into {output}")
+    total = len(result.results) + len(result.failures) + len(result.skipped)
+    notes = [f"{len(result.skipped)} done before, skipped"] if result.skipped else []
+    notes += [f"{result.retried} retried after a worker died"] if result.retried else []
+    print(
+        f"segmented {len(result.results)} of {total} inputs into {output}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+        + f"; manifest {result.manifest}"
+    )
     if result.failures:
         print(f"{len(result.failures)} input(s) failed:", file=sys.stderr)
         for name, message in result.failures.items():
             print(f"  {name}: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(result)

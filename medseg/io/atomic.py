@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_copy", "atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_copy", "atomic_replace_folder", "atomic_write", "atomic_write_json", "atomic_write_text"]
 
 
 def _umask() -> int:
@@ -130,3 +130,31 @@ def atomic_copy(src: str | os.PathLike, dest: str | os.PathLike, *, mode: int | 
         shutil.copystat(src, tmp)
 
     return atomic_write(dest, copy, mode=mode)
+
+
+def atomic_replace_folder(staged: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move the complete folder ``staged`` to ``target``, replacing any folder there.
+
+    Readers see the old folder or the new one, never a mix: ``staged`` (filled by the caller, on the
+    same file system, e.g. a hidden folder beside ``target``) is renamed into place; an existing
+    ``target`` is first renamed aside and deleted after the swap, so for a moment there is no folder
+    at ``target`` but never a partial one.
+
+    Args:
+        staged: the folder holding every file of the result.
+        target: where it belongs; its parent must exist.
+
+    Returns:
+        ``target`` as a :class:`~pathlib.Path`.
+    """
+    staged, target = Path(staged), Path(target)
+    os.chmod(staged, 0o777 & ~_umask())  # a mkdtemp folder is 0700; give it a plain mkdir's mode
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(staged, target)
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -6,6 +6,7 @@ Public API:
   segments one input and writes ``segmentation.nii.gz``, ``segmentation.dcm`` (DICOM input),
   ``overlay.png`` and ``report.json``.
 * :func:`segment` -- one input or a whole folder (batch), as ``medseg segment`` does.
+* :func:`run_batch` -- a batch: one result folder each, ``manifest.jsonl``, resume, Ray workers.
 * :func:`check_suitability` -- does an image fit a bundle (modality, channels, spacing, extent)?
 * :func:`write_seg` / :func:`read_seg` -- DICOM SEG writer, and reader mapping any SEG onto its
   source series grid.
@@ -14,14 +15,16 @@ Public API:
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
 
+from medseg.errors import ConfigError
 from medseg.io.dicom_seg import SegSegment, SegVolume, read_seg, write_seg
 from medseg.io.geometry import resample_labels_nearest
 from medseg.io.seg_concepts import SegmentSpec, segment_specs
-from medseg.segment.inputs import BatchResult, InputItem, discover_inputs, run_inputs
+from medseg.segment.batch import BatchSettings, exit_code, read_manifest, run_batch
+from medseg.segment.inputs import BatchResult, InputItem, discover_inputs
 from medseg.segment.outputs import OUTPUT_FILES, SegmentResult
 from medseg.segment.overlay import render_overlay
 from medseg.segment.pipeline import Segmenter
@@ -41,7 +44,10 @@ __all__ = [
     "OUTPUT_FILES",
     "METADATA_KEYS",
     "discover_inputs",
-    "run_inputs",
+    "run_batch",
+    "BatchSettings",
+    "read_manifest",
+    "exit_code",
     "check_suitability",
     "Suitability",
     "UnsuitableInputError",
@@ -57,7 +63,7 @@ __all__ = [
 
 
 def segment(
-    input_path: str | os.PathLike,
+    input_path: str | os.PathLike | Sequence[str | os.PathLike],
     bundle: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
@@ -69,16 +75,30 @@ def segment(
     force: bool = False,
     progress: bool = False,
     segmenter: Segmenter | None = None,
+    batch: BatchSettings | None = None,
+    flag_of: Callable[[str], str] | None = None,
 ) -> BatchResult:
     """Segment one input, or every input of a folder, with a bundle (see :mod:`medseg.segment.inputs`).
 
     A single input's error is raised (a :class:`medseg.errors.MedsegError`); in a batch, failures
-    are collected in :attr:`BatchResult.failures` and the other inputs still run.
+    are collected in :attr:`BatchResult.failures` and the other inputs still run. ``input_path`` may
+    be several paths (always a batch); ``batch`` sets Ray workers and resume
+    (:mod:`medseg.segment.batch`), ``flag_of`` how Ray workers name parameters in messages.
     """
     items, single = discover_inputs(input_path, series_uid, exclude=output_dir)
-    runner = segmenter or Segmenter(bundle, device=device, tta=tta, overlap=overlap, fast=fast)
-
-    def one(item: InputItem, out: Path) -> Any:
-        return runner.run(item.path, out, series_uid=item.series_uid, force=force)
-
-    return run_inputs(items, single, output_dir, one, progress=progress)
+    options = {"device": device, "tta": tta, "overlap": overlap, "fast": fast}
+    settings = dataclasses.replace(batch or BatchSettings(), progress=progress)
+    if not single:  # one folder per input, manifest.jsonl, resume, Ray workers
+        return run_batch(
+            items, bundle, output_dir, options, force=force, settings=settings, segmenter=segmenter,
+            flag_of=flag_of,
+        )
+    if settings.workers is not None or settings.resume:
+        raise ConfigError(
+            "workers and resume apply to a batch (a folder of several inputs, or several inputs); "
+            "a single input runs in this process: drop them", param="workers",
+        )
+    runner = segmenter or Segmenter(bundle, **options)
+    item = items[0]
+    result = runner.run(item.path, output_dir, series_uid=item.series_uid, force=force)
+    return BatchResult(results={item.name: result}, single=True)

@@ -7,25 +7,25 @@
   (the same as ``medseg serve`` gives its datastore images): a series' folder relative to INPUT, a
   file's relative path without the extension. Non-image DICOM objects (SEG, SR, presentation
   states) are skipped; unreadable DICOM files are reported as failures. A failure of one input
-  does not stop the others.
+  does not stop the others;
+* several INPUT paths: always a batch, each path's inputs named under the path's own name
+  (``scan.nii.gz`` -> ``scan``, a folder of one series -> its folder name, a folder of several ->
+  ``<folder>/<id>``). A path that does not exist is a failed input, not the end of the batch.
+
+:mod:`medseg.segment.batch` runs a batch (in this process, or on Ray).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-import traceback
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import InputError, MedsegError
+from medseg.errors import ConfigError, InputError, MedsegError
 
-__all__ = ["InputItem", "BatchResult", "discover_inputs", "run_inputs"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["InputItem", "BatchResult", "discover_inputs"]
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,17 @@ class BatchResult:
         results: name -> :class:`medseg.segment.pipeline.SegmentResult` of each success.
         failures: name -> one-line error of each failure.
         single: True when INPUT was a single input (no per-input folders).
+        skipped: names a resumed batch skipped (done before with the same weights).
+        retried: how many times an input went to another worker because its worker died.
+        manifest: the batch's ``manifest.jsonl`` (None for a single input).
     """
 
     results: dict[str, Any] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     single: bool = False
+    skipped: list[str] = field(default_factory=list)
+    retried: int = 0
+    manifest: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,20 +71,28 @@ class BatchResult:
 
 
 def discover_inputs(
-    path: str | os.PathLike, series_uid: str | None = None, exclude: str | os.PathLike | None = None
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    series_uid: str | None = None,
+    exclude: str | os.PathLike | None = None,
 ) -> tuple[list[InputItem], bool]:
     """The inputs under ``path`` and whether it is a single input (True) or a batch (False).
 
     Args:
-        path: file or folder.
-        series_uid: the one DICOM series to take from a folder.
+        path: file or folder, or several of them (a batch; see the module docstring for the names).
+        series_uid: the one DICOM series to take from a folder (one path only).
         exclude: a folder whose image files are no input (the output folder, when inside ``path``).
 
     Raises:
-        InputError (and subclasses): the path does not exist, or holds nothing to segment.
+        InputError (and subclasses): the path does not exist, or holds nothing to segment;
+        ConfigError: ``series_uid`` with several paths.
     """
     from medseg.io.formats import discover, image_format
 
+    if not isinstance(path, (str, os.PathLike)):
+        paths = list(path)
+        if len(paths) != 1:
+            return _discover_several(paths, series_uid, exclude), False
+        path = paths[0]
     root = Path(path)
     if not root.exists():
         raise InputError(f"{root} does not exist; give a DICOM folder, a NIfTI or an NRRD file")
@@ -101,40 +115,32 @@ def discover_inputs(
     return [InputItem(i.id, i.path, i.series_uid, i.error) for i in found.images], False
 
 
-def run_inputs(
-    items: list[InputItem],
-    single: bool,
-    output_dir: str | os.PathLike,
-    segment: Callable[[InputItem, Path], Any],
-    progress: bool = True,
-) -> BatchResult:
-    """Segment every input with ``segment(item, outdir)``; a single input's error is raised as is.
+def _discover_several(
+    paths: list[str | os.PathLike], series_uid: str | None, exclude: str | os.PathLike | None
+) -> list[InputItem]:
+    """The inputs of several INPUT paths, each named under the path's own name; names must not clash."""
+    from medseg.io.formats import strip_image_suffix
 
-    In a batch, a :class:`MedsegError` (or any other exception) of one input is recorded in
-    ``failures`` and the next input is processed.
-    """
-    out = Path(output_dir)
-    result = BatchResult(single=single)
-    if single:
-        item = items[0]
-        result.results[item.name] = segment(item, out)
-        return result
-    from tqdm import tqdm
-
-    bar = tqdm(items, desc="segment", unit="input", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    for item in bar:
-        bar.set_postfix_str(item.name[-40:])
-        if item.error:
-            result.failures[item.name] = item.error
-            continue
+    if series_uid is not None:
+        raise ConfigError("series_uid selects a series of one DICOM folder; give one INPUT with it",
+                          param="series_uid")
+    items: list[InputItem] = []
+    for path in paths:
+        root = Path(path)
+        name = strip_image_suffix(root.name) or root.name
         try:
-            result.results[item.name] = segment(item, out / item.name)
-        except MedsegError as exc:
-            result.failures[item.name] = str(exc)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # a bug or an unexpected library error: recorded, the batch goes on
-            logger.debug("input %s failed:\n%s", item.name, traceback.format_exc())
-            result.failures[item.name] = f"{type(exc).__name__}: {exc}"
-    bar.close()
-    return result
+            found, single = discover_inputs(root, None, exclude)
+        except MedsegError as exc:  # a missing or empty path is one failed input of the batch
+            items.append(InputItem(name, root, None, str(exc)))
+            continue
+        items += [
+            InputItem(name if single else f"{name}/{i.name}", i.path, i.series_uid, i.error) for i in found
+        ]
+    names = [item.name for item in items]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise InputError(
+            f"several inputs would write the same result folder ({', '.join(clashes[:5])}): give "
+            "inputs with different names, or put them in one folder"
+        )
+    return items

@@ -345,7 +345,7 @@ def test_cli_batch_goes_on_after_a_failure(
             ["segment", str(batch), "--bundle", str(BUNDLE), "--output", str(out), "--no-progress"], capsys
         )
     assert code == 1
-    assert sorted(p.name for p in out.iterdir()) == ["case", "good"]
+    assert sorted(p.name for p in out.iterdir()) == ["case", "good", "manifest.jsonl"]
     assert sorted(p.name for p in (out / "good").iterdir()) == sorted(OUTPUT_FILES.values())
     assert sorted(p.name for p in (out / "case").iterdir()) == [
         "overlay.png",
