@@ -87,8 +87,8 @@ class LoginThrottle:
                 count.failures += 1
                 count.last = now
                 over = count.failures - self._free(key)
-                if over > 0:
-                    count.blocked_until = now + min(self.cap, self.base * 2 ** (over - 1))
+                if over >= 0:  # the last free attempt: the next one waits
+                    count.blocked_until = now + min(self.cap, self.base * 2 ** min(over, 62))
             return 0.0
 
     def succeeded(self, username: str, address: str) -> None:
@@ -100,5 +100,5 @@ class LoginThrottle:
             count = self._counts.get(address_key)
             if count is not None:
                 count.failures = max(0, count.failures - 1)
-                if count.failures <= self._free(address_key):
+                if count.failures < self._free(address_key):
                     count.blocked_until = 0.0

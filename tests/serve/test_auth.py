@@ -185,6 +185,11 @@ def test_expired_and_forged_tokens_are_refused(local):
     assert call("GET", f"{url}/info/", headers=bearer(escalated)).status == 401
     unsigned = f"{_b64(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{_b64(json.dumps(local_claims('admin', admin, 300)).encode())}."
     assert call("GET", f"{url}/info/", headers=bearer(unsigned)).status == 401
+    # signed with the server's secret but valid for 10 years: longer than --token-minutes allows
+    decade = call(
+        "GET", f"{url}/info/", headers=bearer(hs256(local_claims("admin", admin, 10 * 365 * 86400), SECRET))
+    )
+    assert decade.status == 401 and "longer" in decade.detail
 
 
 @pytest.mark.timeout(1200)
@@ -340,8 +345,10 @@ def realm_server(tmp_path_factory, hippocampus_dir: Path, cases, realm):
         assert server.process.poll() is not None
 
 
-def _mint(realm, user: str, roles: str, exp: float, forge: bool = False) -> str:
-    query = urllib.parse.urlencode({"user": user, "roles": roles, "exp": exp, "forge": int(forge)})
+def _mint(realm, user: str, roles: str, exp: float, forge: bool = False, client: str = "monailabel") -> str:
+    query = urllib.parse.urlencode(
+        {"user": user, "roles": roles, "exp": exp, "forge": int(forge), "client": client}
+    )
     return call("GET", f"{realm['base']}/mint?{query}").json()["access_token"]
 
 
@@ -379,3 +386,26 @@ def test_realm_refuses_expired_and_forged_tokens(realm_server, realm):
     assert call("GET", f"{url}/info/", headers=bearer(forged)).status == 401
     no_role = bearer(_mint(realm, "anna", "", 300))
     assert call("GET", f"{url}/info/", headers=no_role).status == 403
+
+
+@pytest.mark.timeout(900)
+def test_realm_tokens_of_other_clients_or_lifetimes_are_refused(realm_server, realm):
+    """The realm signs tokens for every application it serves: only those issued to medseg's client
+    (``--auth-client-id``, default monailabel) open the server, and none that lives too long."""
+    url = realm_server["url"]
+    ours = call("GET", f"{url}/info/", headers=bearer(_mint(realm, "anna", "monailabel-admin", 300)))
+    assert ours.status == 200
+    other = call(
+        "GET",
+        f"{url}/info/",
+        headers=bearer(_mint(realm, "anna", "monailabel-admin", 300, client="pacs-web")),
+    )
+    assert other.status == 401 and "another application" in other.detail
+    unnamed = call(
+        "GET", f"{url}/info/", headers=bearer(_mint(realm, "anna", "monailabel-admin", 300, client=""))
+    )
+    assert unnamed.status == 401
+    decade = call(
+        "GET", f"{url}/info/", headers=bearer(_mint(realm, "anna", "monailabel-admin", 10 * 365 * 86400))
+    )
+    assert decade.status == 401 and "longer" in decade.detail

@@ -5,7 +5,8 @@ Keycloak realm at ``/realms/test``: the OpenID discovery document, a JWKS with o
 start, and a token endpoint for the password grant (Keycloak's answers: 401 ``invalid_grant`` for a
 wrong password, an RS256 access token with ``preferred_username`` and ``realm_access.roles``
 otherwise). For the tests, ``GET /mint?user=U&roles=R1,R2&exp=SECONDS[&forge=1]`` signs any token
-(``exp`` relative to now, negative: expired; ``forge``: signed by another key under the same ``kid``).
+(``exp`` relative to now, negative: expired; ``forge``: signed by another key under the same ``kid``;
+``client``: the application it is issued to, its ``azp``, default ``monailabel``; empty: none).
 USERS_JSON maps names to ``[password, [roles...]]``. Runs until killed.
 """
 
@@ -26,12 +27,14 @@ OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 USERS: dict[str, list] = json.loads(sys.argv[1])
 
 
-def mint(issuer: str, user: str, roles: list[str], exp: float, forge: bool = False) -> str:
+def mint(issuer: str, user: str, roles: list[str], exp: float, forge: bool = False, client: str = "") -> str:
+    """An access token as Keycloak issues it to ``client`` (its ``azp``; ``aud`` is Keycloak's "account")."""
     now = int(time.time())
     claims = {
         "iss": issuer,
         "sub": f"id-{user}",
         "aud": "account",
+        **({"azp": client} if client else {}),
         "preferred_username": user,
         "realm_access": {"roles": roles + ["offline_access"]},
         "iat": now,
@@ -70,7 +73,14 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/mint":
             q = dict(urllib.parse.parse_qsl(url.query))
             roles = [r for r in q.get("roles", "").split(",") if r]
-            token = mint(self.base, q["user"], roles, float(q.get("exp", 300)), forge=q.get("forge") == "1")
+            token = mint(
+                self.base,
+                q["user"],
+                roles,
+                float(q.get("exp", 300)),
+                forge=q.get("forge") == "1",
+                client=q.get("client", "monailabel"),
+            )
             self._json(200, {"access_token": token})
         else:
             self._json(404, {"error": "not found"})
@@ -86,7 +96,7 @@ class Handler(BaseHTTPRequestHandler):
         elif entry is None or entry[0] != form.get("password"):
             self._json(401, {"error": "invalid_grant", "error_description": "Invalid user credentials"})
         else:
-            token = mint(self.base, form["username"], entry[1], 300)
+            token = mint(self.base, form["username"], entry[1], 300, client=form["client_id"])
             self._json(200, {"access_token": token, "token_type": "Bearer", "expires_in": 300})
 
     def log_message(self, *args) -> None:

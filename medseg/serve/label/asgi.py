@@ -398,6 +398,43 @@ async def api_label_info(
     return info if _is_admin(request) else _without_paths(info)
 
 
+def _open_snapshot(path: str, media_type: str | None = None):
+    """A response with the file as it is at this moment: opened first, its size taken from the open file,
+    so that a label replaced meanwhile (an atomic rename) is sent whole, old or new, never a mix."""
+    from starlette.responses import StreamingResponse
+
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the stream below
+    except OSError:
+        raise HTTPException(status_code=404, detail="not found") from None
+    size = os.fstat(handle.fileno()).st_size
+
+    def chunks():
+        with handle:
+            while block := handle.read(1 << 20):
+                yield block
+
+    name = os.path.basename(path)
+    headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}"'}
+    return StreamingResponse(chunks(), media_type=media_type or "application/octet-stream", headers=headers)
+
+
+async def api_download_image(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    uri = await run_in_threadpool(app_instance().datastore().get_image_uri, image)
+    if not uri or not os.path.isfile(uri):
+        raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
+    return _open_snapshot(uri)
+
+
+async def api_download_label(
+    label: str, tag: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+):
+    uri = await run_in_threadpool(app_instance().datastore().get_label_uri, label, names.label_tag(tag))
+    if not uri or not os.path.isfile(uri):
+        raise HTTPException(status_code=404, detail=f"no {tag} label of {label!r}")
+    return _open_snapshot(uri)
+
+
 async def api_datastore(
     request: Request,
     output: str | None = None,
@@ -436,11 +473,17 @@ api.include_router(proxy.make_router())
 for _path, _route in (("/datastore/image/info", api_image_info), ("/datastore/label/info", api_label_info)):
     api.add_api_route(_path, _route, methods=["GET"], summary=f"{RBAC_USER}Info (file paths for admins only)")
 api.add_api_route("/datastore/", api_datastore, methods=["GET"], summary=f"{RBAC_USER}Images and labels")
+api.add_api_route(
+    "/datastore/image", api_download_image, methods=["GET"], summary=f"{RBAC_USER}Download an image"
+)
+api.add_api_route(
+    "/datastore/label", api_download_label, methods=["GET"], summary=f"{RBAC_USER}Download a label"
+)
 
 # (method, path) served by `api`; everything else goes to MONAI Label's app
 _OURS = (
     (None, re.compile(r"^/proxy/dicom(/|$)")),
-    ("GET", re.compile(r"^/datastore/(image/info|label/info)?/?$")),
+    ("GET", re.compile(r"^/datastore/(image/info|label/info|image|label)?/?$")),
     ("POST", re.compile(r"^/(infer|train)/[^/]+/?$")),
     ("PUT", re.compile(r"^/datastore/label/?$")),
     ("PUT", re.compile(r"^/datastore/(image/?)?$")),

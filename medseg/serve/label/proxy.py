@@ -18,8 +18,6 @@ DICOMweb, and every check happens before a request leaves:
 :func:`target_url` holds the rules and imports neither fastapi nor monailabel.
 """
 
-from __future__ import annotations
-
 import logging
 import re
 import urllib.parse
