@@ -14,8 +14,13 @@ from medseg.bundle.loader import is_ensemble
 from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import BundleError, InputError
 from medseg.io.atomic import atomic_write_json
+from medseg.precision import Precision, precision_overrides, resolve_precision
 
 __all__ = ["ALL_FOLDS", "TEST_FOLD", "budget_overrides", "evaluate_bundle", "fold_overrides", "train_bundle"]
+
+# The networks the engines of a bundle's train.json / evaluate.json call (wrapped for bf16 autocast).
+TRAIN_NETWORKS = ("train#trainer#network", "validate#evaluator#network")
+EVAL_NETWORKS = ("validate#evaluator#network",)
 
 # The fixed split's test fold (sorted case ids, index % 5 == 0): evaluated, never trained or validated on.
 TEST_FOLD = 0
@@ -132,6 +137,7 @@ def train_bundle(
     progress: bool = True,
     max_minutes: float | None = None,
     start_time: float | None = None,
+    precision: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run the bundle's ``train.json``; returns what the run did and its validation metrics.
@@ -150,11 +156,13 @@ def train_bundle(
         max_minutes: wall-clock budget from ``start_time`` (data caching included): the epochs
             and the learning-rate schedule are fitted to it (:class:`medseg.engine.TimeBudget`).
         start_time: ``time.time()`` when the budget started (default: now).
+        precision: ``auto``, ``fp32`` or ``bf16`` for the forward passes of training and validation
+            (:mod:`medseg.precision`; the weights, optimizer and loss stay fp32).
 
     Returns:
         ``{"epochs", "iterations", "seconds", "val_fold", "train_folds", "last_metric", "best_metric",
-        "best_metric_epoch"}``; the metrics are the validation fold's mean Dice (``-1`` when no
-        validation ran).
+        "best_metric_epoch", "precision"}``; the metrics are the validation fold's mean Dice (``-1``
+        when no validation ran); ``precision`` is :meth:`medseg.precision.Precision.as_dict`.
     """
     start_time = time.time() if start_time is None else start_time
     configs = ["train.json"]
@@ -174,6 +182,8 @@ def train_bundle(
         overrides["ckpt_dir"] = str(out / "models")
     overrides["resume"] = resume
     overrides["progress"] = progress
+    chosen = _precision(precision, training=True)
+    overrides.update(precision_overrides(config, chosen, TRAIN_NETWORKS))
     workflow = run_workflow(bundle, configs, workflow_type="train", **overrides)
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -188,6 +198,7 @@ def train_bundle(
         "last_metric": float(last) if _finite(last) else -1.0,
         "best_metric": float(evaluator.state.best_metric),
         "best_metric_epoch": int(evaluator.state.best_metric_epoch),
+        "precision": chosen.as_dict(),
     }
 
 
@@ -197,6 +208,7 @@ def evaluate_bundle(
     fold: int | None = None,
     output: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
+    precision: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Evaluate the bundle's weights on a fold with ``train.json`` + ``evaluate.json``.
@@ -210,14 +222,19 @@ def evaluate_bundle(
         fold: the fold evaluated; default the test fold (the bundle's ``test_fold``, 0).
         output: the JSON summary (default ``BUNDLE/runs/eval/metrics.json``).
         weights: weights to evaluate instead of ``BUNDLE/models/model.pt``.
+        precision: ``auto``, ``fp32`` or ``bf16`` for the network's forward (:mod:`medseg.precision`).
 
     Returns:
-        ``{"bundle", "version", "fold", "cases", "metrics": {name: value}}``; ``metrics`` holds
-        ``val_mean_dice`` and per-class ``val_dice_<label>`` / ``val_hd95_<label>``.
+        ``{"bundle", "version", "fold", "cases", "precision", "seconds", "metrics": {name: value}}``;
+        ``metrics`` holds ``val_mean_dice`` and per-class ``val_dice_<label>`` / ``val_hd95_<label>``;
+        ``seconds`` is the evaluation run's wall time.
     """
     configs = ["train.json", "evaluate.json"]
     overrides.update(_dataset_override(data_dir))
-    test_fold = _test_fold(_merged_config(bundle, configs))
+    config = _merged_config(bundle, configs)
+    test_fold = _test_fold(config)
+    chosen = _precision(precision)
+    overrides.update(precision_overrides(config, chosen, EVAL_NETWORKS))
     fold = test_fold if fold is None else fold
     if not 0 <= fold < DEFAULT_NUM_FOLDS:
         raise InputError(f"fold {fold} does not exist: choose 0..{DEFAULT_NUM_FOLDS - 1}", param="fold")
@@ -238,7 +255,9 @@ def evaluate_bundle(
         raise BundleError(f"bundle {bundle.name} has no models/model.pt: train it first (medseg train)")
     out_json = Path(output).resolve() if output else bundle.root / "runs" / "eval" / "metrics.json"
     overrides["output_dir"] = str(out_json.parent)
+    started = time.perf_counter()
     workflow = run_workflow(bundle, configs, workflow_type="eval", **overrides)
+    seconds = time.perf_counter() - started
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if _finite(v)}
     result = {
@@ -246,12 +265,21 @@ def evaluate_bundle(
         "version": bundle.version,
         "fold": int(workflow.parser.get_parsed_content("val_fold")),
         "cases": len(workflow.parser.get_parsed_content("val_datalist")),
+        "precision": chosen.as_dict(),
+        "seconds": round(seconds, 2),
         "metrics": metrics,
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_json, result)
     result["output"] = str(out_json)
     return result
+
+
+def _precision(precision: str | None, training: bool = False) -> Precision:
+    """The run's precision on the device the bundles pick (``cuda:0`` when available, else the CPU)."""
+    import torch
+
+    return resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=training)
 
 
 def _finite(value: Any) -> bool:

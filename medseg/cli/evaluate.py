@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from medseg.precision import add_precision_argument
+
 __all__ = ["add_parser"]
 
 
@@ -25,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fold", type=int, default=None, help="fold 0-4 (default 0, the test fold)")
     parser.add_argument("--weights", help="weights to evaluate instead of BUNDLE/models/model.pt")
     parser.add_argument("--output", help="JSON file (default BUNDLE/runs/eval/metrics.json)")
+    add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -33,13 +36,22 @@ def run(args: argparse.Namespace) -> int:
 
     bundle = open_bundle(args.bundle)
     result = evaluate_bundle(
-        bundle, data_dir=args.data, fold=args.fold, output=args.output, weights=args.weights
+        bundle,
+        data_dir=args.data,
+        fold=args.fold,
+        output=args.output,
+        weights=args.weights,
+        precision=args.precision,
     )
     metrics = result["metrics"]
     # evaluate.json names per-class metrics val_dice_<class> and val_hd95_<class>.
     classes = [key.removeprefix("val_dice_") for key in metrics if key.startswith("val_dice_")]
     rows = [(name, metrics.get(f"val_dice_{name}"), metrics.get(f"val_hd95_{name}")) for name in classes]
-    print(f"{bundle.name} {result['version']}: fold {result['fold']}, {result['cases']} cases")
+    precision = result["precision"]
+    print(
+        f"{bundle.name} {result['version']}: fold {result['fold']}, {result['cases']} cases, "
+        f"precision {precision['dtype']} ({precision['reason']}), {result['seconds']:.1f} s"
+    )
     print(f"{'label':<24} {'Dice':>7} {'HD95 mm':>8}")
     for name, dice, hd in rows:
         print(f"{name:<24} {_fmt(dice):>7} {_fmt(hd, 2):>8}")

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medseg.precision import add_precision_argument
+
 __all__ = ["add_parser", "run", "format_volumes", "quiet_libraries"]
 
 
@@ -62,6 +64,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for batches")
     _add_batch_arguments(parser)
+    add_precision_argument(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -128,6 +131,7 @@ def _segment(args: argparse.Namespace, output: Path) -> Any:
             progress=not args.no_progress,
             batch=_batch_settings(args),
             flag_of=flag_of,
+            precision=args.precision,
         )
 
 

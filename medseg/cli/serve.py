@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError
+from medseg.precision import PRECISION_ENV, add_precision_argument
 
 __all__ = ["add_parser", "run"]
 
@@ -113,6 +114,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--prepare-only", action="store_true", help="prepare the workdir and print what would run, then exit"
     )
+    add_precision_argument(parser, "inference (the server reads it as $" + PRECISION_ENV + ")")
     parser.set_defaults(func=run)
     return parser
 
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     check_bind(args.host, bool(args.users or args.auth_realm), args.insecure_no_auth)
     check_tls(args.ssl_certfile, args.ssl_keyfile)
     auth_env = auth_environment(args.users, args.auth_realm, args.token_minutes)
+    if args.precision is not None:  # read by the inference code in the MONAI Label venv
+        auth_env[PRECISION_ENV] = args.precision
     wanted = [n.strip() for item in args.bundles or [] for n in item.split(",") if n.strip()]
     bundles = select_bundles(wanted or None, Path(args.bundles_dir) if args.bundles_dir else None)
     workdir = Path(args.workdir) if args.workdir else default_workdir()

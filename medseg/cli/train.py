@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from medseg.precision import add_precision_argument
+
 __all__ = ["add_parser"]
 
 
@@ -67,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output-dir", help="logs, checkpoints and weights go here instead of the bundle")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_argument(parser, "the training and validation passes (fp32 weights; auto: bf16 only with AMX)")
     parser.set_defaults(func=run)
 
 
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         max_minutes=args.max_minutes,
         start_time=start_time,
+        precision=args.precision,
     )
     monitored = " (trained on too)" if result["val_fold"] in result["train_folds"] else ""
     validation = (
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"trained {bundle.name} on folds {', '.join(map(str, result['train_folds']))}: "
         f"{result['epochs']} epochs, {result['iterations']} iterations in {result['seconds'] / 60:.1f} min; "
-        f"{validation}"
+        f"{validation}; precision {result['precision']['dtype']} ({result['precision']['reason']})"
     )
     return 0
 
@@ -133,6 +137,7 @@ def _run_cv(args: argparse.Namespace, bundle: Any) -> int:
         epochs=args.epochs,
         max_minutes=args.max_minutes,
         progress=not args.no_progress and sys.stderr.isatty(),
+        precision=args.precision,
     )
     print(f"{bundle.name} cross-validation ({summary['cases']} out-of-fold cases):")
     names = list(summary["dice"])

@@ -174,6 +174,7 @@ def train_cv(
     max_minutes: float | None = None,
     progress: bool = True,
     device: str = "cpu",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Train (or finish) one member per fold, predict its fold, and write ``plans/cv.json``.
 
@@ -189,6 +190,7 @@ def train_cv(
         max_minutes: wall-clock budget per member (:func:`medseg.bundle.train_bundle`).
         progress: progress bars.
         device: where the out-of-fold predictions run.
+        precision: the members' training precision (``auto``, ``fp32``, ``bf16``; :mod:`medseg.precision`).
 
     Returns:
         the summary written to ``plans/cv.json``.
@@ -224,6 +226,7 @@ def train_cv(
                 progress=progress,
                 max_minutes=max_minutes,
                 start_time=start,
+                precision=precision,
             )
             trained = {"epochs": result["epochs"], "minutes": round((time.time() - start) / 60, 1)}
         oof = predict_oof(bundle, weights, fold, folder / "oof", data_dir, device)

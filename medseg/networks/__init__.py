@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from medseg.networks.base import (
+    Autocast,
     ChannelsLast,
     PadBatch,
     SegmentationModel,
@@ -47,6 +48,7 @@ __all__ = [
     "to_channels_last",
     "PadBatch",
     "ChannelsLast",
+    "Autocast",
 ]
 
 NETWORKS: dict[str, type[nn.Module]] = {

@@ -27,6 +27,7 @@ __all__ = [
     "channels_last_format",
     "to_channels_last",
     "ChannelsLast",
+    "Autocast",
 ]
 
 
@@ -143,6 +144,53 @@ class ChannelsLast:
 
     def __getattr__(self, name: str) -> Any:  # eval(), parameters(), ... of the wrapped network
         return getattr(self.__dict__["network"], name)
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _to_float32(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {key: _to_float32(value) for key, value in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float32(value) for value in out)
+    return out
+
+
+class Autocast(nn.Module):
+    """Run a network's forward under ``torch.autocast`` and hand back float32 outputs.
+
+    Whatever calls the network (a sliding window that stitches the windows, an ensemble that
+    averages softmax, a loss, an argmax) then computes in fp32 as it would without autocast; the
+    network keeps its fp32 weights (training updates fp32 master weights). ``train()``, ``eval()``
+    and ``parameters()`` reach the wrapped network as usual. :mod:`medseg.precision` decides when to
+    use it (bf16 on CPUs with bf16 units).
+
+    Args:
+        network: the network (a module, or a callable wrapper such as :class:`ChannelsLast`).
+        dtype: ``bf16`` or ``fp16``.
+    """
+
+    def __init__(self, network: Any, dtype: str = "bf16") -> None:
+        super().__init__()
+        if dtype not in _AUTOCAST_DTYPES:
+            raise ValueError(f"Autocast dtype must be one of {', '.join(_AUTOCAST_DTYPES)}, got {dtype!r}.")
+        self.network = network
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=x.device.type, dtype=_AUTOCAST_DTYPES[self.dtype]):
+            out = self.network(x, *args, **kwargs)
+        return _to_float32(out)
+
+    def train(self, mode: bool = True) -> Autocast:
+        super().train(mode)
+        inner = self.__dict__.get("network")  # a plain callable (ChannelsLast) is no registered child
+        if inner is not None and not isinstance(inner, nn.Module) and hasattr(inner, "train"):
+            inner.train(mode)
+        return self
 
 
 class PadBatch(nn.Module):

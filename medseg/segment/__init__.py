@@ -75,18 +75,20 @@ def segment(
     force: bool = False,
     progress: bool = False,
     segmenter: Segmenter | None = None,
+    precision: str | None = None,
     batch: BatchSettings | None = None,
     flag_of: Callable[[str], str] | None = None,
 ) -> BatchResult:
     """Segment one input, or every input of a folder, with a bundle (see :mod:`medseg.segment.inputs`).
 
     A single input's error is raised (a :class:`medseg.errors.MedsegError`); in a batch, failures
-    are collected in :attr:`BatchResult.failures` and the other inputs still run. ``input_path`` may
+    are collected in :attr:`BatchResult.failures` and the other inputs still run. ``precision``
+    (``auto``/``fp32``/``bf16``) is the network's, see :mod:`medseg.precision`. ``input_path`` may
     be several paths (always a batch); ``batch`` sets Ray workers and resume
     (:mod:`medseg.segment.batch`), ``flag_of`` how Ray workers name parameters in messages.
     """
     items, single = discover_inputs(input_path, series_uid, exclude=output_dir)
-    options = {"device": device, "tta": tta, "overlap": overlap, "fast": fast}
+    options = {"device": device, "tta": tta, "overlap": overlap, "fast": fast, "precision": precision}
     settings = dataclasses.replace(batch or BatchSettings(), progress=progress)
     if not single:  # one folder per input, manifest.jsonl, resume, Ray workers
         return run_batch(

@@ -26,7 +26,6 @@ sigmoid (multi-label output) are refused.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -43,6 +42,7 @@ from medseg.errors import BundleError, ConfigError, MedsegError, cause_chain, fi
 from medseg.io.geometry import resample_labels_nearest
 from medseg.io.seg_concepts import SegmentSpec, segment_specs
 from medseg.networks.base import ChannelsLast
+from medseg.precision import resolve_precision, with_precision
 from medseg.segment.outputs import (
     OUTPUT_FILES,
     Prediction,
@@ -190,6 +190,12 @@ class Segmenter:
         parallel_outputs: write the DICOM SEG in a forked child process while this one writes
             the NIfTI, overlay and report (Linux only; elsewhere they are written one by one).
         fast: an ensemble bundle (:class:`medseg.ensemble.EnsembleNetwork`) runs its first member only.
+        low_memory: for very large series: the sliding window runs slab by slab and keeps only the
+            labels (:func:`medseg.segment.slabs.slab_argmax`, same result), and the SEG is written
+            in this process (no forked writer).
+        precision: ``auto``, ``fp32`` or ``bf16`` (:func:`medseg.precision.resolve_precision`; None:
+            ``$MEDSEG_PRECISION``, else ``auto``). Only the network's forward runs in it: stitching,
+            the TTA average and the argmax stay fp32.
 
     Raises:
         BundleError: the bundle's config, network or weights cannot be used;
@@ -206,6 +212,8 @@ class Segmenter:
         config: str = "inference",
         parallel_outputs: bool = True,
         fast: bool = False,
+        low_memory: bool = False,
+        precision: str | None = None,
     ) -> None:
         from monai.inferers import SliceInferer
 
@@ -215,8 +223,10 @@ class Segmenter:
         if sw_batch_size is not None and sw_batch_size < 1:
             raise ConfigError(f"sw_batch_size must be >= 1, got {sw_batch_size}", param="sw_batch_size")
         self.device = self._check_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.tta = tta
-        self.parallel_outputs = parallel_outputs
+        self.parallel_outputs = parallel_outputs and not low_memory
+        self.low_memory = low_memory
         self.fast = fast
         self.input_format: Mapping[str, Any] = self.bundle.input_format
         self.input_key = self.bundle.input_key
@@ -228,7 +238,9 @@ class Segmenter:
         self.members: list[str] = list(getattr(network, "names", []))
         self.components = _learned_postprocessing(inference.postprocessing)
         self.model = network  # unwrapped (an ensemble's members and their windows are in it)
-        self.network = ChannelsLast(network) if self.device.type == "cpu" else network
+        self.network = with_precision(
+            ChannelsLast(network) if self.device.type == "cpu" else network, self.precision
+        )
         self._configure_inferer(overlap, sw_batch_size)
         self.labels = self.bundle.labels
         self.specs: list[SegmentSpec] = segment_specs(self.labels, self.bundle.metadata)
@@ -310,8 +322,9 @@ class Segmenter:
             inferer = inner[0] if inner else inferer
         return {
             "device": str(self.device),
-            "amp": self.device.type == "cuda",
+            "precision": self.precision.as_dict(),
             "tta": self.tta,
+            "low_memory": self.low_memory,
             "tta_flip_axes": self.flip_axes,
             "members": self.members or None,
             "postprocessing": self.components.describe() if self.components else None,
@@ -365,13 +378,12 @@ class Segmenter:
         from medseg.postprocess import argmax_channels
 
         x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].float()
-        autocast = (
-            torch.autocast(device_type="cuda", dtype=torch.float16)
-            if self.device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            if not self.flip_axes:
+        # the network autocasts itself (self.precision) and returns fp32: the rest runs in fp32
+        with torch.inference_mode():
+            slabs = self._slab_labels(x) if self.low_memory and not self.flip_axes else None
+            if slabs is not None:
+                labels = slabs
+            elif not self.flip_axes:
                 out = self.inferer(x, self.network)
                 labels = argmax_channels(self._check_channels(out)[0])
             else:
@@ -391,6 +403,20 @@ class Segmenter:
                 assert total is not None
                 labels = argmax_channels(self._check_channels(total)[0])
         return labels.cpu().numpy()
+
+    def _slab_labels(self, x: Any) -> Any:
+        """Labels from :func:`medseg.segment.slabs.slab_argmax`; None when the volume is one slab or
+        the bundle's inferer is no ``SlidingWindowInferer``."""
+        from monai.inferers import SlidingWindowInferer
+
+        from medseg.postprocess import argmax_channels
+        from medseg.segment.slabs import slab_argmax
+
+        if not isinstance(self.inferer, SlidingWindowInferer):
+            return None
+        return slab_argmax(
+            x, self.network, self.inferer, lambda scores: argmax_channels(self._check_channels(scores[None])[0])
+        )
 
     def _check_channels(self, out: Any) -> Any:
         if out.shape[1] != len(self.labels):
