@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from support.monai_bundle import INFERENCE_KEYS, monai_bundle, verify_net_in_out
 
-from medseg import paths
 from medseg.bundle import REQUIRED_FILES, evaluate_bundle, export_bundle, open_bundle
 from medseg.bundle.loader import is_ensemble, weight_files
 from medseg.data import split_folds
@@ -61,12 +59,6 @@ REQUIRED_META = [
 REQUIRED_FORMAT = ["type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "channel_def"]
 
 
-def _python_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault(paths.DATA_ENV, str(paths.data_dir().resolve()))
-    return env
-
-
 def _train_parser(name: str) -> ConfigParser:
     """The bundle's own train.json, resolved as `monai.bundle run` resolves it from its folder."""
     parser = ConfigParser()
@@ -108,21 +100,7 @@ def test_bundle_layout_and_metadata(name: str) -> None:
         text = (bundle.root / "configs" / config).read_text()
         json.loads(text)
     inference = json.loads((bundle.root / "configs" / "inference.json").read_text())
-    for key in (
-        "bundle_root",
-        "output_dir",
-        "dataset_dir",
-        "datalist",
-        "device",
-        "network_def",
-        "network",
-        "preprocessing",
-        "inferer",
-        "postprocessing",
-        "evaluator",
-        "initialize",
-        "run",
-    ):
+    for key in INFERENCE_KEYS:
         assert key in inference, f"{name} inference.json lacks {key}"
     if name in ENSEMBLES:  # one weights file per member, loaded by network_def
         assert inference["network_def"]["_target_"] == "medseg.ensemble.EnsembleNetwork"
@@ -156,27 +134,7 @@ def test_planned_bundle_rerenders_exactly(name: str) -> None:
 @pytest.mark.parametrize("name", BUNDLES)
 def test_verify_net_in_out(name: str) -> None:
     root = REPO / "bundles" / name
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_net_in_out",
-            "network_def",
-            "--meta_file",
-            "configs/metadata.json",
-            "--config_file",
-            "configs/inference.json",
-            "--device",
-            "cpu",
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=_python_env(),
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    verify_net_in_out(root)
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -194,28 +152,10 @@ def test_plain_monai_inference_on_a_chosen_datalist(name: str, tmp_path: Path) -
     cases = _test_cases(name)[:2]  # two test-fold cases
     chosen = [str(case["image"]) for case in cases]
     foreground = [value for value in _labels(name) if value != 0]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--bundle_root",
-            ".",
-            "--output_dir",
-            str(tmp_path),
-            "--datalist",
-            json.dumps(chosen),
-        ],
-        cwd=REPO / "bundles" / name,
-        capture_output=True,
-        text=True,
-        env=_python_env(),
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    monai_bundle(
+        REPO / "bundles" / name, "run", "--config_file", "configs/inference.json", "--bundle_root", ".",
+        "--output_dir", str(tmp_path), "--datalist", json.dumps(chosen),
+    )  # fmt: skip
     outputs = sorted(tmp_path.rglob("*.nii.gz"))
     assert len(outputs) == 2
     for case, out_path in zip(cases, outputs, strict=True):

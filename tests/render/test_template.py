@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.monai_bundle import INFERENCE_KEYS, monai_bundle, verify_net_in_out
 
 from medseg.cli.main import main
 from medseg.errors import BundleError
@@ -18,12 +16,6 @@ from medseg.render.records import RECORD_FILE, read_plan, read_record
 pytestmark = pytest.mark.needs_data
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    return env
 
 
 def _parsed(bundle: Path, dataset: Path, *keys: str) -> list:
@@ -51,15 +43,7 @@ def test_rendered_bundle_is_complete(planned_msd):
     for key in ("dataset_dir", "datalist", "train_datalist", "val_datalist", "device", "network_def", "run"):
         assert key in train, key
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
-    for key in (
-        "bundle_root",
-        "output_dir",
-        "dataset_dir",
-        "datalist",
-        "device",
-        "checkpointloader",
-        "evaluator",
-    ):
+    for key in (*INFERENCE_KEYS, "checkpointloader"):
         assert key in inference, key
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     fmt = metadata["network_data_format"]
@@ -95,27 +79,7 @@ def test_bundle_check_finds_edits(planned_msd):
 
 def test_verify_net_in_out(planned_msd):
     _, bundle = planned_msd
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_net_in_out",
-            "network_def",
-            "--meta_file",
-            "configs/metadata.json",
-            "--config_file",
-            "configs/inference.json",
-            "--device",
-            "cpu",
-        ],  # fmt: skip
-        cwd=bundle,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    verify_net_in_out(bundle)
 
 
 def test_png_bundle(kvasir_png, tmp_path):
@@ -142,27 +106,7 @@ def test_slice_network_bundle(msd_copy, tmp_path):
     assert "RandSpatialCropSamplesd" in targets and "SqueezeDimd" in targets
     assert train["validate"]["inferer"]["_target_"] == "SliceInferer" and train["slices_per_volume"] == 8
     assert train["network_def"]["spatial_dims"] == 2
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "verify_net_in_out",
-            "network_def",
-            "--meta_file",
-            "configs/metadata.json",
-            "--config_file",
-            "configs/inference.json",
-            "--device",
-            "cpu",
-        ],  # fmt: skip
-        cwd=bundle,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    verify_net_in_out(bundle)
 
 
 def test_existing_bundle_files_are_not_replaced(msd_copy, tmp_path):
@@ -177,32 +121,10 @@ def test_existing_bundle_files_are_not_replaced(msd_copy, tmp_path):
 def test_rendered_bundle_trains_and_evaluates(planned_msd, tmp_path):
     """Two epochs with plain ``python -m monai.bundle run``, then ``medseg evaluate`` on the test fold."""
     dataset, bundle = planned_msd
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/train.json",
-            "--bundle_root",
-            ".",
-            "--dataset_dir",
-            str(dataset),
-            "--max_epochs",
-            "2",
-            "--val_interval",
-            "1",
-            "--progress",
-            "False",
-        ],  # fmt: skip
-        cwd=bundle,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    monai_bundle(
+        bundle, "run", "--config_file", "configs/train.json", "--bundle_root", ".", "--dataset_dir", str(dataset),
+        "--max_epochs", "2", "--val_interval", "1", "--progress", "False", timeout=900,
+    )  # fmt: skip
     assert (bundle / "models" / "model.pt").is_file()
     out = tmp_path / "metrics.json"
     assert main(["evaluate", str(bundle), "--data", str(dataset), "--fold", "0", "--output", str(out)]) == 0
