@@ -1,8 +1,9 @@
 """``medseg segment INPUT --bundle BUNDLE --output OUTDIR``: segment images with a MONAI bundle.
 
-Writes ``segmentation.nii.gz`` (on the input's grid), ``segmentation.dcm`` (DICOM SEG, for DICOM
-input), ``overlay.png`` and ``report.json``; a folder of several series or image files is a batch
-with one result folder per input. Research use only, not for diagnosis.
+Writes ``segmentation.nii.gz`` (on the input's grid), ``segmentation.dcm`` (DICOM SEG) and
+``rtstruct.dcm`` (RT structure set) for DICOM input, ``overlay.png`` and ``report.json``; a folder
+of several series or image files is a batch with one result folder per input. Research use only,
+not for diagnosis.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--force", action="store_true", help="segment even when the input does not fit the bundle"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for batches")
+    parser.add_argument(
+        "--no-rtstruct", action="store_true", help="no RT structure set (rtstruct.dcm) for DICOM input"
+    )
     _add_batch_arguments(parser)
     add_precision_argument(parser)
     parser.set_defaults(func=run)
@@ -129,6 +133,7 @@ def _segment(args: argparse.Namespace, output: Path) -> Any:
             overlap=args.overlap,
             force=args.force,
             progress=not args.no_progress,
+            rtstruct=not args.no_rtstruct,
             batch=_batch_settings(args),
             flag_of=flag_of,
             precision=args.precision,

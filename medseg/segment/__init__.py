@@ -75,6 +75,7 @@ def segment(
     force: bool = False,
     progress: bool = False,
     segmenter: Segmenter | None = None,
+    rtstruct: bool = True,
     precision: str | None = None,
     batch: BatchSettings | None = None,
     flag_of: Callable[[str], str] | None = None,
@@ -85,10 +86,12 @@ def segment(
     are collected in :attr:`BatchResult.failures` and the other inputs still run. ``precision``
     (``auto``/``fp32``/``bf16``) is the network's, see :mod:`medseg.precision`. ``input_path`` may
     be several paths (always a batch); ``batch`` sets Ray workers and resume
-    (:mod:`medseg.segment.batch`), ``flag_of`` how Ray workers name parameters in messages.
+    (:mod:`medseg.segment.batch`), ``flag_of`` how Ray workers name parameters in messages;
+    ``rtstruct=False`` writes no RT structure set for DICOM input.
     """
     items, single = discover_inputs(input_path, series_uid, exclude=output_dir)
-    options = {"device": device, "tta": tta, "overlap": overlap, "fast": fast, "precision": precision}
+    options = {"device": device, "tta": tta, "overlap": overlap, "fast": fast, "precision": precision,
+               "rtstruct": rtstruct}
     settings = dataclasses.replace(batch or BatchSettings(), progress=progress)
     if not single:  # one folder per input, manifest.jsonl, resume, Ray workers
         return run_batch(

@@ -1,15 +1,17 @@
-"""Write one segmentation's outputs: NIfTI, DICOM SEG, overlay PNG and report, all or nothing.
+"""Write one segmentation's outputs: NIfTI, DICOM SEG, RTSTRUCT, overlay PNG and report, all or nothing.
 
 :class:`medseg.segment.pipeline.Segmenter` predicts a label map on the input's grid; this module
 turns that :class:`Prediction` into files. Every output is first written into a hidden staging
 folder inside the output folder and moved into place only when all of them are complete, so a
 failed or interrupted run leaves no partial file. For DICOM input the SEG (the slowest output) is
-written by a forked child process (:mod:`medseg.background`) while this one writes the others.
+written by a forked child process (:mod:`medseg.background`) while this one writes the others,
+the RT structure set (:mod:`medseg.io.rtstruct`) included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -22,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from medseg import __version__, background
+from medseg.errors import DicomError
 from medseg.io.atomic import atomic_write_json
 from medseg.io.dicom_seg import write_seg
 from medseg.io.formats import file_format
+from medseg.io.rtstruct import write_rtstruct
 from medseg.io.seg_concepts import SegmentSpec
 from medseg.segment.suitability import Suitability
 
@@ -38,9 +42,12 @@ __all__ = [
     "write_outputs",
 ]
 
+logger = logging.getLogger(__name__)
+
 OUTPUT_FILES = {
     "segmentation": "segmentation.nii.gz",
     "seg": "segmentation.dcm",
+    "rtstruct": "rtstruct.dcm",
     "overlay": "overlay.png",
     "report": "report.json",
 }
@@ -52,7 +59,8 @@ class SegmentResult:
 
     Attributes:
         output_dir: the folder holding the outputs.
-        files: output kind -> path (``segmentation``, ``seg`` for DICOM input, ``overlay``, ``report``).
+        files: output kind -> path (``segmentation``, ``seg`` and ``rtstruct`` for DICOM input,
+            ``overlay``, ``report``).
         report: the report written as ``report.json``.
     """
 
@@ -177,6 +185,7 @@ def build_report(
     rows: list[dict[str, Any]],
     timer: StageTimer,
     seg_uids: Mapping[str, str],
+    rtstruct_uids: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``report.json`` content of one run.
 
@@ -187,6 +196,7 @@ def build_report(
         rows: :func:`label_rows` of the prediction.
         timer: the run's stage timings.
         seg_uids: ``series_instance_uid`` / ``sop_instance_uid`` of the DICOM SEG, if one was written.
+        rtstruct_uids: the same of the RTSTRUCT, if one was written.
     """
     from nibabel.orientations import aff2axcodes
 
@@ -224,6 +234,9 @@ def build_report(
             "overlay": OUTPUT_FILES["overlay"],
             "seg_series_uid": seg_uids.get("series_instance_uid"),
             "seg_sop_instance_uid": seg_uids.get("sop_instance_uid"),
+            "rtstruct": OUTPUT_FILES["rtstruct"] if rtstruct_uids else None,
+            "rtstruct_series_uid": (rtstruct_uids or {}).get("series_instance_uid"),
+            "rtstruct_sop_instance_uid": (rtstruct_uids or {}).get("sop_instance_uid"),
         },
         "timings_s": dict(timer.timings),
         "peak_rss_mb_after": dict(timer.peak_rss_mb),
@@ -239,8 +252,9 @@ def write_outputs(
     settings: Mapping[str, Any],
     timer: StageTimer,
     fork: bool = True,
+    rtstruct: bool = True,
 ) -> SegmentResult:
-    """Write the NIfTI, the DICOM SEG (DICOM input only), the overlay and the report, all or nothing.
+    """Write the NIfTI, the DICOM SEG and RTSTRUCT (DICOM input only), the overlay and the report, all or nothing.
 
     Args:
         prediction: the label map and its input.
@@ -250,6 +264,8 @@ def write_outputs(
         settings: the run's settings, for the report.
         timer: the run's timer; the writing stages are added to it.
         fork: write the SEG in a forked child process (Linux only; elsewhere one after another).
+        rtstruct: write the RT structure set ``rtstruct.dcm`` for DICOM input (a source series
+            without a frame of reference gets none, with a warning).
     """
     from monai.data import MetaTensor
 
@@ -266,6 +282,7 @@ def write_outputs(
     try:
         files: dict[str, Path] = {}
         seg_uids: dict[str, str] = {}
+        rtstruct_uids: dict[str, str] = {}
         if prediction.is_dicom:
             # the SEG is written by a forked child while this process writes the other outputs
             seg_job = background.start(
@@ -295,6 +312,22 @@ def write_outputs(
                 title=f"{bundle.name} {bundle.version}" + (f" | {description}" if description else ""),
                 volumes_ml={row["value"]: row["volume_ml"] for row in rows},
             )
+        if prediction.is_dicom and rtstruct:
+            with timer.stage("write_rtstruct"):
+                try:
+                    rtstruct_uids = write_rtstruct(
+                        labelmap,
+                        affine,
+                        meta,
+                        list(specs),
+                        staging / OUTPUT_FILES["rtstruct"],
+                        algorithm_name=bundle.name,
+                        algorithm_version=bundle.version,
+                        software_versions=f"medseg {__version__}",
+                    )
+                    files["rtstruct"] = staging / OUTPUT_FILES["rtstruct"]
+                except DicomError as exc:  # e.g. no frame of reference: the SEG still carries the result
+                    logger.warning("no RTSTRUCT written: %s", exc)
         if seg_job is not None:
             with timer.stage("wait_seg"):
                 job, seg_job = seg_job, None
@@ -303,7 +336,7 @@ def write_outputs(
             # the child's own time; "wait_seg" is what the parent still waited for it
             timer.timings["write_seg"] = round(job.seconds, 4)
         timer.record_total()
-        report = build_report(bundle, settings, prediction, rows, timer, seg_uids)
+        report = build_report(bundle, settings, prediction, rows, timer, seg_uids, rtstruct_uids)
         files["report"] = staging / OUTPUT_FILES["report"]
         atomic_write_json(files["report"], report, default=_json_default)
         final = {}

@@ -190,6 +190,7 @@ class Segmenter:
         parallel_outputs: write the DICOM SEG in a forked child process while this one writes
             the NIfTI, overlay and report (Linux only; elsewhere they are written one by one).
         fast: an ensemble bundle (:class:`medseg.ensemble.EnsembleNetwork`) runs its first member only.
+        rtstruct: also write the RT structure set ``rtstruct.dcm`` for DICOM input.
         precision: ``auto``, ``fp32`` or ``bf16`` (:func:`medseg.precision.resolve_precision`; None:
             ``$MEDSEG_PRECISION``, else ``auto``). Only the network's forward runs in it: stitching,
             the TTA average and the argmax stay fp32.
@@ -209,6 +210,7 @@ class Segmenter:
         config: str = "inference",
         parallel_outputs: bool = True,
         fast: bool = False,
+        rtstruct: bool = True,
         precision: str | None = None,
     ) -> None:
         from monai.inferers import SliceInferer
@@ -223,6 +225,7 @@ class Segmenter:
         self.tta = tta
         self.parallel_outputs = parallel_outputs
         self.fast = fast
+        self.rtstruct = rtstruct
         self.input_format: Mapping[str, Any] = self.bundle.input_format
         self.input_key = self.bundle.input_key
 
@@ -496,6 +499,7 @@ class Segmenter:
             self.settings(),
             timer,
             fork=self.parallel_outputs,
+            rtstruct=self.rtstruct,
         )
 
     @staticmethod
