@@ -86,6 +86,12 @@ class _Group(nn.Module):
             return self.mean_probabilities(x)
         return self.inferer(x, self.mean_probabilities)
 
+    def member_classes(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each member's class map (argmax over channels) of a whole input, one after another."""
+        for member in self.members:
+            logits = member(x) if self.inferer is None else self.inferer(x, member)
+            yield logits.argmax(dim=1)
+
 
 class EnsembleNetwork(nn.Module):
     """The averaged softmax of several trained networks, as log-probabilities.
@@ -144,6 +150,14 @@ class EnsembleNetwork(nn.Module):
             count += n
         assert total is not None
         return torch.log(total.div_(count).clamp_(min=_LOG_FLOOR))
+
+    def member_classes(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's class map of ``x`` (B, C, *spatial), stacked: (members, B, *spatial).
+
+        What the members disagree on says where the ensemble is unsure (see
+        :mod:`medseg.ensemble.disagreement`).
+        """
+        return torch.stack([classes for group in self.groups for classes in group.member_classes(x)])
 
     def to(self, *args: Any, **kwargs: Any) -> EnsembleNetwork:
         for group in self.groups:

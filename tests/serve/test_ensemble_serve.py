@@ -1,9 +1,12 @@
 """An ensemble bundle served by ``medseg serve``: listed with its members, inference through the
 MONAI Label REST API runs every member (their weights loaded by the bundle's ``network_def``) and
-returns a label map on the image's grid; an ensemble is not offered for fine-tuning."""
+returns a label map on the image's grid; an ensemble is not offered for fine-tuning; the next sample
+by disagreement is the unlabelled image its members disagree on most, and a model without members
+is refused with a message."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,8 +37,12 @@ def test_an_ensemble_is_served_for_inference(tmp_path: Path, hippocampus_dir: Pa
     if not (ENSEMBLE / "plans" / "ensemble.json").is_file():
         pytest.fail(f"{ENSEMBLE} is not an ensemble bundle")
     case = fold_cases(hippocampus_dir, 0)[0]
-    studies = make_msd_studies(hippocampus_dir, tmp_path / "studies", [case])
-    prepared = prepare_workdir(tmp_path / "work", str(studies), select_bundles([str(ENSEMBLE)]))
+    unlabelled = fold_cases(hippocampus_dir, 1)[:2]  # never fold 0 for a decision; here only scored
+    studies = make_msd_studies(hippocampus_dir, tmp_path / "studies", [case, *unlabelled])
+    for image in unlabelled:
+        (studies / "labelsTr" / f"{image}.nii.gz").unlink()
+    single = str(REPO_ROOT / "bundles" / "hippocampus_unet3d")
+    prepared = prepare_workdir(tmp_path / "work", str(studies), select_bundles([str(ENSEMBLE), single]))
     server = LabelServer(label_python(), prepared, log=tmp_path / "server.log", infer_workers=1)
     server.start()
     try:
@@ -53,8 +60,25 @@ def test_an_ensemble_is_served_for_inference(tmp_path: Path, hippocampus_dir: Pa
         image = nib.load(hippocampus_dir / "imagesTr" / f"{case}.nii.gz")
         assert pred.shape == image.shape
         np.testing.assert_allclose(affine, image.affine, atol=1e-4)
-        truth = np.rint(np.asarray(nib.load(hippocampus_dir / "labelsTr" / f"{case}.nii.gz").dataobj)).astype(int)
+        truth = np.rint(np.asarray(nib.load(hippocampus_dir / "labelsTr" / f"{case}.nii.gz").dataobj)).astype(
+            int
+        )
         if ENSEMBLE.parent == REPO_ROOT / "bundles":  # the shipped, trained ensemble
             assert mean_dice(np.rint(pred).astype(int), truth) >= 0.8
+
+        assert "disagreement" in info["strategies"]
+        sample = call("POST", f"{server.url}/activelearning/disagreement", json_body={}, timeout=600)
+        assert sample.status == 200, sample.detail
+        chosen = sample.json()
+        cache = json.loads((tmp_path / "work" / "activelearning" / f"{ENSEMBLE.name}.json").read_text())
+        assert set(cache["scores"]) == set(unlabelled)  # the labelled image is not a candidate
+        assert chosen["id"] == max(unlabelled, key=lambda i: (cache["scores"][i], i))
+        assert 0.0 <= chosen["disagreement"] <= 1.0 and chosen["model"] == ENSEMBLE.name
+        again = call("POST", f"{server.url}/activelearning/disagreement", json_body={}, timeout=60)
+        assert again.status == 200 and again.json()["id"] == chosen["id"]  # from the cache
+        refused = call(
+            "POST", f"{server.url}/activelearning/disagreement", json_body={"model": "hippocampus_unet3d"}
+        )
+        assert refused.status == 409 and "no cross-validation members" in refused.detail
     finally:
         server.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import io
 import json
 import os
@@ -289,6 +290,28 @@ def run(args: argparse.Namespace) -> dict:
         )
         check(all((label == v).any() for v in expected), "a label is empty: the model found no hippocampus")
         step("seg matches label map")
+
+        # the DICOMweb proxy reads the study for OHIF, and reaches nothing of Orthanc's own REST API
+        proxied = call("GET", f"{server.url}/proxy/dicom/qido/studies/{source['study_uid']}/series")
+        check(proxied.status == 200 and source["series_uid"] in proxied.body.decode(), "proxy QIDO failed")
+        refused = {}
+        for method, target in (
+            ("POST", "/proxy/dicom/wado/../../tools/shutdown"),
+            ("POST", "/proxy/dicom/wado/..%2f..%2ftools/execute-script"),
+            ("POST", "/proxy/dicom/wado/%2e%2e/%2e%2e/tools/shutdown"),
+            ("GET", "/proxy/dicom/wado/../../../system"),
+            ("GET", "/proxy/dicom/wado/modalities"),
+        ):
+            host, port = server.url.removeprefix("http://").split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.putrequest(method, target)
+            conn.putheader("Content-Length", "0")
+            conn.endheaders()
+            refused[target] = conn.getresponse().status
+            conn.close()
+        check(all(400 <= code < 500 for code in refused.values()), f"the proxy let through: {refused}")
+        wait_http(f"{orthanc}/system", 10)  # Orthanc was not shut down
+        step("proxy stays inside DICOMweb", refused=refused)
         report["ok"] = True
         return report
     finally:

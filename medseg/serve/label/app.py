@@ -31,6 +31,7 @@ from monailabel.tasks.activelearning.random import Random
 import medseg
 from medseg.bundle.core import open_bundle
 from medseg.bundle.loader import is_ensemble
+from medseg.serve.label.activelearning import Disagreement
 from medseg.serve.label.datastores import MedsegDICOMWebDatastore, MedsegLocalDatastore
 from medseg.serve.label.infer import MedsegInferTask, latest_weights, resolve_weights, weight_versions
 from medseg.serve.label.train import MedsegTrainTask
@@ -138,7 +139,9 @@ class MedsegLabelApp(MONAILabelApp):
         return trainers
 
     def init_strategies(self):
-        return {"random": Random(), "first": First()}
+        # "disagreement" is served by medseg's route (medseg.serve.label.asgi): it runs the ensemble's
+        # members in the inference workers; listed here so that /info/ and 3D Slicer offer it
+        return {"random": Random(), "first": First(), "disagreement": Disagreement()}
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):

@@ -23,11 +23,16 @@ What changes against the stock server (monailabel 0.8.5):
 * ``GET /model/versions/{model}``, ``POST /model/versions/{model}/promote`` and ``/rollback``
   list the weights versions with their scores and change the serving one (admin only; see
   :mod:`medseg.serve.label.versions`);
+* ``GET /datastore/image``, ``/datastore/label`` send the file opened first (a label rewritten
+  meanwhile arrives whole, old or new); ``GET /datastore/image/info``, ``/label/info`` and
+  ``/datastore/`` show server file paths to admins only;
+* ``/proxy/dicom/...`` forwards DICOMweb reads and stores only (:mod:`medseg.serve.label.proxy`);
 * errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500;
-* with ``medseg serve --users``/``--auth-realm`` every route needs a login (:mod:`medseg.serve.label.auth`).
+* in front of every route: the name and size rules of :mod:`medseg.serve.label.guard`, then, with
+  ``medseg serve --users``/``--auth-realm``, the login (:mod:`medseg.serve.label.auth`).
 
-Importing this module changes nothing and starts nothing: the worker pool is started and MONAI
-Label's CORS middleware restricted by :func:`startup`, which :func:`app` runs on the first event
+Importing this module changes nothing and starts nothing: the scratch folders are emptied, the
+worker pool started and MONAI Label's CORS middleware restricted by :func:`startup`, which :func:`app` runs on the first event
 it gets from the server (the ASGI lifespan start-up under uvicorn).
 """
 
@@ -60,6 +65,7 @@ from medseg.errors import MedsegError
 from medseg.serve import names
 from medseg.serve.label import auth, labels, proxy, uploads, versions, worker
 from medseg.serve.label.guard import clean_scratch, guard, request_folder
+from medseg.serve.label.guard import workdir as guard_workdir
 from medseg.serve.label.worker import JobError, error_status
 from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
 from medseg.serve.users import ROLE_PREFIX
@@ -435,6 +441,81 @@ async def api_download_label(
     return _open_snapshot(uri)
 
 
+async def _disagreement_sample(params: dict[str, Any]) -> dict[str, Any]:
+    """The unlabelled image the served ensemble's members disagree on most (scores cached per image
+    and members' version in ``WORKDIR/activelearning/<model>.json``; missing ones computed in the
+    inference workers)."""
+    from medseg.bundle.core import open_bundle
+    from medseg.bundle.loader import is_ensemble, weight_files
+    from medseg.ensemble.disagreement import ScoreCache, members_version
+
+    instance = app_instance()
+    served = instance.infer_names()
+    ensembles = [n for n in served if is_ensemble(open_bundle(instance.infer_task(n).bundle_path))]
+    model = params.get("model") or (ensembles[0] if ensembles else None)
+    if model is None:
+        raise HTTPException(
+            status_code=409,
+            detail="no served model has cross-validation members to disagree: serve an ensemble bundle "
+            "(medseg train BUNDLE --cv, then medseg ensemble choose)",
+        )
+    if model not in served:
+        raise HTTPException(
+            status_code=404, detail=f"unknown model {model!r}; this server has: {', '.join(served)}"
+        )
+    if model not in ensembles:
+        raise HTTPException(
+            status_code=409,
+            detail=f"model {model!r} has no cross-validation members to disagree; models that have: "
+            f"{', '.join(ensembles) or 'none'} (medseg train BUNDLE --cv, then medseg ensemble choose)",
+        )
+    datastore = instance.datastore()
+    unlabelled = sorted(await run_in_threadpool(datastore.get_unlabeled_images))
+    if not unlabelled:
+        return {}
+    bundle = open_bundle(instance.infer_task(model).bundle_path)
+    cache = ScoreCache(
+        guard_workdir() / "activelearning" / f"{model}.json", members_version(weight_files(bundle))
+    )
+    missing = {
+        i: await run_in_threadpool(datastore.get_image_uri, i) for i in unlabelled if i not in cache.scores
+    }
+    if missing:
+        try:
+            cache.scores.update(await _run(worker.disagreement_job, model, missing))
+        except JobError as exc:
+            raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+        await run_in_threadpool(cache.save)
+    best = max(unlabelled, key=lambda i: (cache.scores[i], i))
+    info = await run_in_threadpool(datastore.get_image_info, best)
+    logger.info("next sample by disagreement of %s: %s (%.4f)", model, best, cache.scores[best])
+    return {
+        **info,
+        "id": best,
+        "strategy": "disagreement",
+        "model": model,
+        "disagreement": round(cache.scores[best], 6),
+    }
+
+
+async def api_next_sample(
+    request: Request,
+    strategy: str,
+    params: dict | None = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    """MONAI Label's next sample, plus ``disagreement``; server paths for admins only."""
+    from monailabel.endpoints.activelearning import sample
+
+    if params is not None and not isinstance(params, dict):
+        raise HTTPException(status_code=400, detail="the body must be a JSON object")
+    if strategy == "disagreement":
+        result = await _disagreement_sample(params or {})
+    else:
+        result = await run_in_threadpool(sample, strategy, params, getattr(user, "username", None))
+    return result if _is_admin(request) else _without_paths(result)
+
+
 async def api_datastore(
     request: Request,
     output: str | None = None,
@@ -484,7 +565,7 @@ api.add_api_route(
 _OURS = (
     (None, re.compile(r"^/proxy/dicom(/|$)")),
     ("GET", re.compile(r"^/datastore/(image/info|label/info|image|label)?/?$")),
-    ("POST", re.compile(r"^/(infer|train)/[^/]+/?$")),
+    ("POST", re.compile(r"^/(infer|train|activelearning)/[^/]+/?$")),
     ("PUT", re.compile(r"^/datastore/label/?$")),
     ("PUT", re.compile(r"^/datastore/(image/?)?$")),
     ("GET", re.compile(r"^/model/versions/[^/]+/?$")),

@@ -18,7 +18,7 @@ import tempfile
 import traceback
 from typing import Any
 
-__all__ = ["JobError", "error_status", "init", "ping", "infer_job"]
+__all__ = ["JobError", "disagreement_job", "error_status", "init", "ping", "infer_job"]
 
 logger = logging.getLogger("medseg.serve.label.worker")
 
@@ -128,3 +128,37 @@ def infer_job(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, pa
             raise JobError(*mapped) from None
         logger.error("inference with %s failed:\n%s", request.get("model"), traceback.format_exc())
         raise JobError(500, f"inference failed: {type(exc).__name__}: {exc}") from None
+
+
+_inferences: dict[str, Any] = {}
+
+
+def disagreement_job(model: str, images: dict[str, str]) -> dict[str, float]:
+    """Disagreement of a served ensemble's members on each image (``{id: image file}``): ``{id: score}``.
+
+    The ensemble's network, preprocessing and inferer are built once per worker with medseg's loader
+    (:func:`medseg.bundle.loader.load_inference`).
+    """
+    try:
+        from medseg.bundle.core import open_bundle
+        from medseg.bundle.loader import load_inference
+        from medseg.ensemble.disagreement import image_disagreement, require_members
+
+        task = _instance.infer_task(model)
+        if task is None:
+            raise JobError(404, f"unknown model {model!r}")
+        bundle = open_bundle(task.bundle_path)
+        if model not in _inferences:
+            inference = load_inference(bundle)
+            require_members(inference.network, model)
+            _inferences[model] = inference
+        labels = [v for v in bundle.labels if v != 0]
+        return {key: image_disagreement(_inferences[model], path, labels) for key, path in images.items()}
+    except JobError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure goes back as a picklable JobError
+        mapped = error_status(exc)
+        if mapped is not None:
+            raise JobError(*mapped) from None
+        logger.error("disagreement with %s failed:\n%s", model, traceback.format_exc())
+        raise JobError(500, f"disagreement failed: {type(exc).__name__}: {exc}") from None
