@@ -34,6 +34,7 @@ SUBCOMMAND_MODULES = [
     "medseg.cli.segment",
     "medseg.cli.demo",
     "medseg.cli.serve",
+    "medseg.cli.node",
     "medseg.cli.users",
 ]
 
