@@ -106,6 +106,11 @@ def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         help="an existing Ray cluster (from 'ray start --head'); default: a local Ray started here",
     )
     batch.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="for very large series: the sliding window slab by slab, only labels kept (same result)",
+    )
+    batch.add_argument(
         "--resume", action="store_true",
         help="skip inputs that OUTDIR/manifest.jsonl records as done with the same weights",
     )
@@ -135,6 +140,7 @@ def _segment(args: argparse.Namespace, output: Path) -> Any:
             progress=not args.no_progress,
             rtstruct=not args.no_rtstruct,
             batch=_batch_settings(args),
+            low_memory=args.low_memory,
             flag_of=flag_of,
             precision=args.precision,
         )

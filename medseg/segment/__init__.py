@@ -79,6 +79,7 @@ def segment(
     precision: str | None = None,
     batch: BatchSettings | None = None,
     flag_of: Callable[[str], str] | None = None,
+    low_memory: bool = False,
 ) -> BatchResult:
     """Segment one input, or every input of a folder, with a bundle (see :mod:`medseg.segment.inputs`).
 
@@ -87,11 +88,13 @@ def segment(
     (``auto``/``fp32``/``bf16``) is the network's, see :mod:`medseg.precision`. ``input_path`` may
     be several paths (always a batch); ``batch`` sets Ray workers and resume
     (:mod:`medseg.segment.batch`), ``flag_of`` how Ray workers name parameters in messages;
+    ``low_memory`` runs the sliding window slab by slab (:mod:`medseg.segment.slabs`);
     ``rtstruct=False`` writes no RT structure set for DICOM input.
     """
     items, single = discover_inputs(input_path, series_uid, exclude=output_dir)
     options = {"device": device, "tta": tta, "overlap": overlap, "fast": fast, "precision": precision,
                "rtstruct": rtstruct}
+    options["low_memory"] = low_memory
     settings = dataclasses.replace(batch or BatchSettings(), progress=progress)
     if not single:  # one folder per input, manifest.jsonl, resume, Ray workers
         return run_batch(

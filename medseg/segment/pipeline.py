@@ -190,6 +190,9 @@ class Segmenter:
         parallel_outputs: write the DICOM SEG in a forked child process while this one writes
             the NIfTI, overlay and report (Linux only; elsewhere they are written one by one).
         fast: an ensemble bundle (:class:`medseg.ensemble.EnsembleNetwork`) runs its first member only.
+        low_memory: for very large series: the sliding window runs slab by slab and keeps only the
+            labels (:func:`medseg.segment.slabs.slab_argmax`, same result), and the SEG is written
+            in this process (no forked writer).
         rtstruct: also write the RT structure set ``rtstruct.dcm`` for DICOM input.
         precision: ``auto``, ``fp32`` or ``bf16`` (:func:`medseg.precision.resolve_precision`; None:
             ``$MEDSEG_PRECISION``, else ``auto``). Only the network's forward runs in it: stitching,
@@ -210,6 +213,7 @@ class Segmenter:
         config: str = "inference",
         parallel_outputs: bool = True,
         fast: bool = False,
+        low_memory: bool = False,
         rtstruct: bool = True,
         precision: str | None = None,
     ) -> None:
@@ -223,7 +227,8 @@ class Segmenter:
         self.device = self._check_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.tta = tta
-        self.parallel_outputs = parallel_outputs
+        self.parallel_outputs = parallel_outputs and not low_memory
+        self.low_memory = low_memory
         self.fast = fast
         self.rtstruct = rtstruct
         self.input_format: Mapping[str, Any] = self.bundle.input_format
@@ -322,6 +327,7 @@ class Segmenter:
             "device": str(self.device),
             "precision": self.precision.as_dict(),
             "tta": self.tta,
+            "low_memory": self.low_memory,
             "tta_flip_axes": self.flip_axes,
             "members": self.members or None,
             "postprocessing": self.components.describe() if self.components else None,
@@ -377,7 +383,10 @@ class Segmenter:
         x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].float()
         # the network autocasts itself (self.precision) and returns fp32: the rest runs in fp32
         with torch.inference_mode():
-            if not self.flip_axes:
+            slabs = self._slab_labels(x) if self.low_memory and not self.flip_axes else None
+            if slabs is not None:
+                labels = slabs
+            elif not self.flip_axes:
                 out = self.inferer(x, self.network)
                 labels = argmax_channels(self._check_channels(out)[0])
             else:
@@ -397,6 +406,20 @@ class Segmenter:
                 assert total is not None
                 labels = argmax_channels(self._check_channels(total)[0])
         return labels.cpu().numpy()
+
+    def _slab_labels(self, x: Any) -> Any:
+        """Labels from :func:`medseg.segment.slabs.slab_argmax`; None when the volume is one slab or
+        the bundle's inferer is no ``SlidingWindowInferer``."""
+        from monai.inferers import SlidingWindowInferer
+
+        from medseg.postprocess import argmax_channels
+        from medseg.segment.slabs import slab_argmax
+
+        if not isinstance(self.inferer, SlidingWindowInferer):
+            return None
+        return slab_argmax(
+            x, self.network, self.inferer, lambda scores: argmax_channels(self._check_channels(scores[None])[0])
+        )
 
     def _check_channels(self, out: Any) -> Any:
         if out.shape[1] != len(self.labels):
