@@ -2,6 +2,9 @@
 
 Runs the DICOM node (:mod:`medseg.node`) in the foreground until Ctrl-C/SIGTERM; ``status`` lists
 what a node's workdir holds: series received, processing, sent and refused (with the reason).
+``--route CONDITIONS:BUNDLE`` (repeatable) sends series by their header to several bundles
+(:mod:`medseg.node.routing`); ``--bundle`` then takes the series no route matches, and without it
+those are refused. ``--destination`` is an AE (C-STORE) or a DICOMweb root URL (STOW-RS).
 Research use only, not for diagnosis.
 """
 
@@ -36,9 +39,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--workdir", required=True, metavar="DIR", help="the node's folder (queue, files)")
     parser.add_argument("--port", type=int, default=None, help="port to listen on (e.g. 11112)")
-    parser.add_argument("--bundle", metavar="BUNDLE", help="bundle folder that segments every series")
     parser.add_argument(
-        "--destination", metavar="AET@HOST:PORT", help="where the SEG and RTSTRUCT go (C-STORE)"
+        "--bundle", metavar="BUNDLE",
+        help="bundle that segments every series (with --route: those no route matches)",
+    )
+    parser.add_argument(
+        "--route", action="append", default=[], metavar="CONDITIONS:BUNDLE",
+        help="routing rule, repeatable, first match wins: e.g. 'Modality=MR,SeriesDescription~hippo:"
+        "hippocampus_unet3d' (Keyword=value equal, Keyword~regex search, ignoring case; '*' any series)",
+    )
+    parser.add_argument(
+        "--destination", metavar="AET@HOST:PORT|URL",
+        help="where the SEG and RTSTRUCT go: an AE (C-STORE) or a DICOMweb root such as "
+        "http://pacs:8042/dicom-web (STOW-RS)",
     )
     parser.add_argument("--ae-title", default="MEDSEG", help="the node's AE title (default MEDSEG)")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default all)")
@@ -77,6 +90,7 @@ def _status(workdir: Path, as_json: bool) -> int:
     for row in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.last_received))
         line = f"{row.state:<10} {row.series_uid} {row.modality or '?'} {row.instances} instances from {row.calling_aet or '?'} at {when}"
+        line += f" ({row.bundle})" if row.bundle else ""
         print(line + (f": {row.reason}" if row.reason and row.state in ("refused", "failed") else ""))
     return 0
 
@@ -88,19 +102,28 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     if args.action == "status":
         return _status(workdir, args.json)
+    from medseg.node.routing import parse_route
     from medseg.node.service import DicomNode, NodeConfig, node_log_handler, parse_destination
+    from medseg.paths import resolve_bundle_path
 
-    missing = [flag for flag, value in (("--port", args.port), ("--bundle", args.bundle),
-                                        ("--destination", args.destination)) if value is None]
+    missing = [flag for flag, value in (("--port", args.port), ("--destination", args.destination)) if value is None]
+    if args.bundle is None and not args.route:
+        missing.append("--bundle or --route")
     if missing:
         raise ConfigError(f"medseg node needs {', '.join(missing)} (see medseg node --help)")
+    bundle = None
+    if args.bundle is not None:
+        bundle = resolve_bundle_path(args.bundle)
+        if bundle is None:
+            raise ConfigError(f"--bundle {args.bundle}: no such bundle folder; give a path or a bundle name")
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1-65535, got {args.port}")
     if args.settle_seconds < 0:
         raise ConfigError(f"--settle-seconds must be >= 0, got {args.settle_seconds}")
     config = NodeConfig(
         workdir=workdir,
-        bundle=Path(args.bundle),
+        bundle=bundle,
+        routes=tuple(parse_route(text) for text in args.route),
         destination=parse_destination(args.destination),
         port=args.port,
         ae_title=args.ae_title,
@@ -116,9 +139,10 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("medseg").addHandler(node_log_handler(workdir))
     logging.getLogger("medseg.node").setLevel(logging.INFO)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
-    _ = node.segmenter  # load the bundle before listening: a broken bundle fails here, not per series
-    print(f"medseg node {config.ae_title} on port {config.port}; results to {config.destination}; "
-          f"workdir {workdir}", flush=True)
+    node.load_bundles()  # before listening: a broken bundle fails here, not per series
+    routes = "; ".join(str(route) for route in config.all_routes())
+    print(f"medseg node {config.ae_title} on port {config.port}; routes {routes}; results to "
+          f"{config.destination}; workdir {workdir}", flush=True)
     try:
         node.serve_forever()
     except KeyboardInterrupt:

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS series (
     last_received REAL NOT NULL,
     reason TEXT,
     outputs TEXT,
+    bundle TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try REAL NOT NULL DEFAULT 0,
     updated REAL NOT NULL
@@ -87,6 +88,7 @@ class SeriesRow:
     reason: str | None
     outputs: dict[str, str]
     attempts: int
+    bundle: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,6 +107,9 @@ class NodeQueue:
         self.path = self.workdir / DB_NAME
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(series)")}
+            if "bundle" not in columns:  # a workdir made before routing rules
+                db.execute("ALTER TABLE series ADD COLUMN bundle TEXT")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -218,15 +223,24 @@ class NodeQueue:
         *,
         reason: str | None = None,
         outputs: dict[str, str] | None = None,
+        bundle: str | None = None,
     ) -> None:
-        """Move a series to ``state`` (with the reason of a refusal or failure, or its outputs)."""
+        """Move a series to ``state`` (with the reason of a refusal or failure, its outputs, or the bundle
+        that segmented it)."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         with self._transaction() as db:
             db.execute(
-                "UPDATE series SET state = ?, reason = COALESCE(?, reason),"
-                " outputs = COALESCE(?, outputs), updated = ? WHERE series_uid = ?",
-                (state, reason, json.dumps(outputs) if outputs is not None else None, time.time(), series_uid),
+                "UPDATE series SET state = ?, reason = COALESCE(?, reason), outputs = COALESCE(?, outputs),"
+                " bundle = COALESCE(?, bundle), updated = ? WHERE series_uid = ?",
+                (
+                    state,
+                    reason,
+                    json.dumps(outputs) if outputs is not None else None,
+                    bundle,
+                    time.time(),
+                    series_uid,
+                ),
             )
 
     def to_send(self) -> list[SeriesRow]:
@@ -297,4 +311,5 @@ def _row(row: sqlite3.Row) -> SeriesRow:
         reason=row["reason"],
         outputs=json.loads(row["outputs"]) if row["outputs"] else {},
         attempts=int(row["attempts"]),
+        bundle=row["bundle"] or "",
     )
