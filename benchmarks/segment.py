@@ -16,7 +16,12 @@ weights and one set of settings for all three:
 3. the floor: the network forward alone over the same windows (as many batches of 4 96^3 windows
    as the sliding window runs on the network grid of (2)), no reading, resampling or writing;
    3b. the same with channels-last tensors, the layout ``medseg segment`` runs CPU networks in
-   (its work is also compared with this faster floor).
+   (its work is also compared with this faster floor);
+   3c. the same under bf16 autocast (what ``--precision auto`` runs on a CPU with bf16 units).
+
+``medseg segment`` runs twice per round: with ``--precision auto`` (bf16 where the CPU has AMX or
+AVX-512-BF16, see :mod:`medseg.precision`) and with ``--precision fp32``; the two label maps are
+compared (Dice of the foreground).
 
 Each runs in its own subprocess; wall time and peak RSS are taken from ``os.wait4`` of that child.
 For (2) the report's stage timings give the work after start-up (reading the series to the last
@@ -42,6 +47,13 @@ import time
 from pathlib import Path
 
 from medseg.paths import data_dir  # standard library only: no torch import before the timed runs
+from medseg.precision import (  # no torch either
+    BF16_FLAGS,
+    bf16_units,
+    cpu_flags,
+    cpu_model,
+    resolve_precision,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PIXDIM = [1.5, 1.5, 2.0]
@@ -174,8 +186,13 @@ def machine() -> dict:
                 break
     except OSError:
         model = platform.processor() or "unknown"
+    flags = cpu_flags()
     return {
         "cpu": model,
+        "cpu_model": cpu_model(),
+        "bf16_flags": bf16_units(flags),
+        "amx": sorted(f for f in flags if f.startswith("amx")),
+        "auto_precision": resolve_precision("auto", "cpu").dtype,
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()],
@@ -219,7 +236,7 @@ def measure(command: list[str], cwd: Path | None = None) -> dict:
     return result
 
 
-def floor(bundle: Path, grid: list[int], channels_last: bool = False) -> None:
+def floor(bundle: Path, grid: list[int], channels_last: bool = False, bf16: bool = False) -> None:
     """(3) in a child: the network forward over the windows a sliding window needs on ``grid``."""
     import torch
     from monai.bundle import ConfigParser
@@ -238,12 +255,26 @@ def floor(bundle: Path, grid: list[int], channels_last: bool = False) -> None:
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
+    if bf16:
+        from medseg.networks import Autocast
+
+        net = Autocast(net, "bf16")
     start = time.perf_counter()
     with torch.inference_mode():
         for first in range(0, windows, SW_BATCH):
             n = min(SW_BATCH, windows - first)
             net(batch[:n])
     print(json.dumps({"windows": windows, "forward_s": round(time.perf_counter() - start, 3)}))
+
+
+def _foreground_dice(a: Path, b: Path) -> float:
+    """Dice of the foreground of two label maps (NIfTI)."""
+    import nibabel as nib
+    import numpy as np
+
+    x, y = (np.asarray(nib.load(str(p)).dataobj) > 0 for p in (a, b))
+    total = int(x.sum() + y.sum())
+    return round(2 * int(np.logical_and(x, y).sum()) / total, 5) if total else 1.0
 
 
 def _cpu_counters() -> list[int] | None:
@@ -273,6 +304,8 @@ def markdown(results: dict) -> str:
     work = [r["medseg_work_s"] for r in rounds]
     bare = [r["network_floor"]["forward_s"] for r in rounds]
     bare_cl = [r["network_floor_channels_last"]["forward_s"] for r in rounds]
+    bare_bf16 = [r["network_floor_channels_last_bf16"]["forward_s"] for r in rounds]
+    ours_fp32 = [r["medseg_segment_fp32"]["wall_s"] for r in rounds]
     imports = [r["import"]["wall_s"] for r in rounds]
 
     def cpu(name: str) -> str:
@@ -286,7 +319,9 @@ def markdown(results: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, no GPU. CPU time stolen by the hypervisor or "
         f"used by other processes during the run: {results['cpu_other_percent']}% of the machine; load average at "
-        f"the end {m['load_average_1_5_15min']}.",
+        f"the end {m['load_average_1_5_15min']}. bf16 units: {', '.join(m.get('bf16_flags', [])) or 'none'} "
+        f"(of {', '.join(BF16_FLAGS)}); AMX: {', '.join(m.get('amx', [])) or 'none'}; `--precision auto` "
+        f"runs {m.get('auto_precision', 'fp32')}.",
         "",
         f"Input: `{results['input']}`; network grid {results['network_grid']} at {PIXDIM} mm, "
         f"{results['windows']} windows of {ROI[0]}^3, overlap {OVERLAP}, sw_batch_size {SW_BATCH}, gaussian blending; "
@@ -296,14 +331,21 @@ def markdown(results: dict) -> str:
         "|---|---:|---:|---:|---:|",
         f"| 1. `python -m monai.bundle run` (zoo inference.json) | {_spread(zoo)} | {cpu('monai_bundle_run')} | "
         f"{rss('monai_bundle_run')} | 1.00 |",
-        f"| 2. `medseg segment` (whole command: NIfTI + SEG + overlay + report) | {_spread(ours)} | "
+        f"| 2. `medseg segment` (whole command: NIfTI + SEG + overlay + report; `--precision auto`: "
+        f"{rounds[0].get('medseg_precision', 'fp32')}) | {_spread(ours)} | "
         f"{cpu('medseg_segment')} | {rss('medseg_segment')} | {ratios['medseg_vs_monai_wall']:.2f} of (1) |",
+        f"| 2b. the same with `--precision fp32` (label maps agree to Dice "
+        f"{ratios['auto_vs_fp32_dice_min']:.4f}) | {_spread(ours_fp32)} | {cpu('medseg_segment_fp32')} | "
+        f"{rss('medseg_segment_fp32')} | {ratios['medseg_fp32_vs_monai_wall']:.2f} of (1); (2) is "
+        f"{ratios['medseg_auto_vs_fp32_wall']:.2f} of it |",
         f"| 2a. `medseg segment` work after start-up (reading the series .. last file written) | {_spread(work)} | | | "
         f"{ratios['medseg_work_vs_floor']:.2f} of (3), {ratios['medseg_work_vs_channels_last_floor']:.2f} of (3b) |",
         f"| 3. network forward only over the same windows (floor) | {_spread(bare)} | {cpu('network_floor')} | "
         f"{rss('network_floor')} | |",
         f"| 3b. the same, channels-last layout (how medseg runs it on CPU) | {_spread(bare_cl)} | "
         f"{cpu('network_floor_channels_last')} | {rss('network_floor_channels_last')} | |",
+        f"| 3c. the same under bf16 autocast | {_spread(bare_bf16)} | "
+        f"{cpu('network_floor_channels_last_bf16')} | {rss('network_floor_channels_last_bf16')} | |",
         f"| `import torch, monai` | {_spread(imports)} | | | |",
         "",
         "medseg stage timings of the median round (s): "
@@ -335,10 +377,23 @@ def one_round(python: str, bundle: Path, ct: Path, work: Path, grid: list[int] |
         ],
         cwd=REPO,
     )  # fmt: skip
-    for name in ("monai_bundle_run", "medseg_segment"):
+    print("  2b. medseg segment --precision fp32", file=sys.stderr)
+    out_fp32 = work / "out_medseg_fp32"
+    result["medseg_segment_fp32"] = measure(
+        [
+            python, "-m", "medseg.cli.main", "segment", str(ct),
+            "--bundle", str(bundle), "--output", str(out_fp32),
+            "--overlap", str(OVERLAP), "--force", "--no-progress", "--precision", "fp32",
+        ],
+        cwd=REPO,
+    )  # fmt: skip
+    for name in ("monai_bundle_run", "medseg_segment", "medseg_segment_fp32"):
         if result[name]["exit_code"] != 0:
             raise RuntimeError(f"{name} failed:\n{result[name].get('output_tail', '')}")
     report = json.loads((out / "report.json").read_text())
+    result["medseg_precision"] = report["settings"]["precision"]["dtype"]
+    result["medseg_fp32_work_s"] = json.loads((out_fp32 / "report.json").read_text())["timings_s"]["total"]
+    result["auto_vs_fp32_dice"] = _foreground_dice(out / "segmentation.nii.gz", out_fp32 / "segmentation.nii.gz")
     result["network_grid"] = report["settings"]["network_grid_shape"]
     result["medseg_timings_s"] = report["timings_s"]
     result["medseg_peak_rss_mb_after"] = report.get("peak_rss_mb_after")
@@ -346,7 +401,11 @@ def one_round(python: str, bundle: Path, ct: Path, work: Path, grid: list[int] |
     result["medseg_work_s"] = report["timings_s"]["total"]
     result["medseg_outputs_mb"] = {p.name: round(p.stat().st_size / 1e6, 2) for p in sorted(out.iterdir())}
     print("  3. network forward only", file=sys.stderr)
-    for key, layout in (("network_floor", []), ("network_floor_channels_last", ["--channels-last"])):
+    for key, layout in (
+        ("network_floor", []),
+        ("network_floor_channels_last", ["--channels-last"]),
+        ("network_floor_channels_last_bf16", ["--channels-last", "--bf16"]),
+    ):
         bare = measure(
             [
                 python,
@@ -379,9 +438,10 @@ def main() -> int:
     )
     parser.add_argument("--floor", nargs=4, metavar=("BUNDLE", "X", "Y", "Z"), help=argparse.SUPPRESS)
     parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor:
-        floor(Path(args.floor[0]), [int(v) for v in args.floor[1:]], args.channels_last)
+        floor(Path(args.floor[0]), [int(v) for v in args.floor[1:]], args.channels_last, args.bf16)
         return 0
 
     ct = Path(args.data) / "dicom" / "ct-chest"
@@ -435,6 +495,7 @@ def main() -> int:
     results["medseg_timings_s"] = rounds[order[len(order) // 2]]["medseg_timings_s"]
     zoo = _median([r["monai_bundle_run"]["wall_s"] for r in rounds])
     ours = _median([r["medseg_segment"]["wall_s"] for r in rounds])
+    ours_fp32 = _median([r["medseg_segment_fp32"]["wall_s"] for r in rounds])
     work_s = _median([r["medseg_work_s"] for r in rounds])
     floor_s = _median([r["network_floor"]["forward_s"] for r in rounds])
     floor_cl_s = _median([r["network_floor_channels_last"]["forward_s"] for r in rounds])
@@ -447,6 +508,9 @@ def main() -> int:
     }
     results["ratios"] = {
         "medseg_vs_monai_wall": round(ours / zoo, 3),
+        "medseg_fp32_vs_monai_wall": round(ours_fp32 / zoo, 3),
+        "medseg_auto_vs_fp32_wall": round(ours / ours_fp32, 3),
+        "auto_vs_fp32_dice_min": min(r["auto_vs_fp32_dice"] for r in rounds),
         "medseg_work_vs_floor": round(work_s / floor_s, 3),
         "medseg_work_vs_channels_last_floor": round(work_s / floor_cl_s, 3),
         "medseg_peak_rss_mb": max(r["medseg_segment"]["peak_rss_mb"] for r in rounds),
