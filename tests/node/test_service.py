@@ -10,9 +10,9 @@ rejected, and ``medseg node status`` lists it all.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from support.dicom_peer import RTSTRUCT_CLASS, SEG_CLASS, Peer, free_port, scu, send
 
 from medseg.node.queue import NodeQueue
 
@@ -28,14 +29,6 @@ pytestmark = [pytest.mark.needs_data, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "hippocampus_unet3d"
-SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -47,36 +40,8 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-class Peer:
-    """A storage SCP recording every result the node sends (the PACS' receiving side)."""
-
-    def __init__(self) -> None:
-        from pynetdicom import AE, evt
-
-        self.received: list[pydicom.Dataset] = []
-        ae = AE(ae_title="PACS")
-        ae.add_supported_context(SEG_CLASS)
-        ae.add_supported_context(RTSTRUCT_CLASS)
-        self.port = _free_port()
-        self.server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-
-    def _store(self, event) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
-
-
-def _scu(ae_title: str = "TESTPACS"):
-    from pynetdicom import AE, StoragePresentationContexts, VerificationPresentationContexts
-
-    ae = AE(ae_title=ae_title)
-    ae.requested_contexts = list(StoragePresentationContexts[:120]) + list(VerificationPresentationContexts)
-    return ae
-
-
 def _echo(port: int, ae_title: str = "TESTPACS") -> bool:
-    assoc = _scu(ae_title).associate("127.0.0.1", port, ae_title="MEDSEG")
+    assoc = scu(ae_title).associate("127.0.0.1", port, ae_title="MEDSEG")
     if not assoc.is_established:
         return False
     status = assoc.send_c_echo()
@@ -84,20 +49,26 @@ def _echo(port: int, ae_title: str = "TESTPACS") -> bool:
     return getattr(status, "Status", None) == 0x0000
 
 
-def _send(port: int, files: list[Path]) -> None:
-    assoc = _scu().associate("127.0.0.1", port, ae_title="MEDSEG")
-    assert assoc.is_established
-    for path in files:
-        status = assoc.send_c_store(pydicom.dcmread(path))
-        assert status.Status == 0x0000, (path, status)
-    assoc.release()
-
-
 def _start(workdir: Path, port: int, peer: Peer) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "medseg", "node", "--port", str(port), "--host", "127.0.0.1",
-        "--bundle", str(BUNDLE), "--destination", f"PACS@127.0.0.1:{peer.port}",
-        "--workdir", str(workdir), "--settle-seconds", "1", "--allowed-aet", "TESTPACS",
+        sys.executable,
+        "-m",
+        "medseg",
+        "node",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--bundle",
+        str(BUNDLE),
+        "--destination",
+        f"PACS@127.0.0.1:{peer.port}",
+        "--workdir",
+        str(workdir),
+        "--settle-seconds",
+        "1",
+        "--allowed-aet",
+        "TESTPACS",
     ]
     log = open(workdir.parent / f"node-{time.monotonic_ns()}.out", "w")  # noqa: SIM115 (the child keeps it)
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -114,12 +85,12 @@ def test_node_segments_each_series_once_across_a_kill(shared_data: Path, tmp_pat
     peer = Peer()
     workdir = tmp_path / "node"
     workdir.mkdir()
-    port = _free_port()
+    port = free_port()
     node = _start(workdir, port, peer)
     try:
         assert not _echo(port, "INTRUDER")  # --allowed-aet: other calling AEs are rejected
         for files in (*mr.values(), ct, seg_only):
-            _send(port, files)
+            send(port, files)
         queue = NodeQueue(workdir)
         _wait(lambda: any(r.state == "processing" for r in queue.all()), 60, "a series to be processing")
         node.send_signal(signal.SIGKILL)
@@ -128,7 +99,9 @@ def test_node_segments_each_series_once_across_a_kill(shared_data: Path, tmp_pat
         node = _start(workdir, port, peer)
         final = {"sent", "refused"}
         _wait(
-            lambda: len(queue.all()) == 4 and all(r.state in final for r in queue.all()), 300, "every series done"
+            lambda: len(queue.all()) == 4 and all(r.state in final for r in queue.all()),
+            300,
+            "every series done",
         )
         time.sleep(1.5)  # anything sent twice would arrive now
     finally:
@@ -166,11 +139,78 @@ def test_node_segments_each_series_once_across_a_kill(shared_data: Path, tmp_pat
 
     status = subprocess.run(
         [sys.executable, "-m", "medseg", "node", "status", "--workdir", str(workdir)],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[0].startswith("receiving 0, ready 0, processing 0, segmented 0, sent 2, refused 2")
+    assert status.stdout.splitlines()[0].startswith(
+        "receiving 0, ready 0, processing 0, segmented 0, sent 2, refused 2"
+    )
     assert "modality" in status.stdout and seg_uid in status.stdout
     log = (workdir / "node.log").read_text()
     assert "refused series" in log
     assert "1 series interrupted by a stop are queued again" in log  # the kill hit a segmentation
+
+
+def test_routes_pick_the_bundle_and_refuse_what_matches_none(shared_data: Path, tmp_path: Path) -> None:
+    """Two routes to two bundles, no fallback: each hippocampus series goes to its rule's bundle, the
+    full-head MR (another description) and the CT are refused with the reason and send nothing."""
+    from medseg.node.routing import parse_route
+    from medseg.node.service import Destination, DicomNode, NodeConfig
+
+    crops = shared_data / "dicom" / "hippocampus-crops"
+    mr = {study: sorted((crops / study).rglob("*.dcm")) for study in ("Study1", "Study2")}
+    head = sorted((shared_data / "dicom" / "brain-mr" / "study1-t1post").rglob("*.dcm"))
+    ct = sorted((shared_data / "dicom" / "ct-liver-seg" / "ct-3slice").rglob("*.dcm"))
+    peer = Peer()
+    config = NodeConfig(
+        workdir=tmp_path / "node",
+        bundle=None,
+        destination=Destination("PACS", "127.0.0.1", peer.port),
+        port=free_port(),
+        host="127.0.0.1",
+        settle_seconds=0.0,
+        routes=(
+            parse_route("Modality=MR,SeriesDescription~hippo,PatientID=PGBM-006:hippocampus_unet2d"),
+            parse_route("Modality=MR,SeriesDescription~hippo:hippocampus_unet3d"),
+        ),
+    )
+    node = DicomNode(config)
+    node.start_server()
+    try:
+        for files in (*mr.values(), head, ct):
+            send(config.port, files)
+        while node.step():
+            pass
+    finally:
+        node.stop()
+        peer.server.shutdown()
+
+    rows = {r.series_uid: r for r in node.queue.all()}
+    uid = {
+        name: str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+        for name, files in (*mr.items(), ("head", head), ("ct", ct))
+    }
+    assert rows.keys() == set(uid.values())
+    assert (rows[uid["Study1"]].state, rows[uid["Study1"]].bundle) == ("sent", "hippocampus_unet3d")
+    assert (rows[uid["Study2"]].state, rows[uid["Study2"]].bundle) == (
+        "sent",
+        "hippocampus_unet2d",
+    )  # PGBM-006
+    for name, description in (("head", "'T1post'"), ("ct", "None")):
+        row = rows[uid[name]]
+        assert row.state == "refused" and row.bundle == "" and row.outputs == {}
+        assert (
+            row.reason.startswith("no route matches this series")
+            and f"SeriesDescription={description}" in row.reason
+        )
+    report = json.loads((Path(rows[uid["Study2"]].outputs["seg"]).parent / "report.json").read_text())
+    assert report["bundle"]["name"] == "hippocampus_unet2d"
+    referenced = sorted(
+        str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        for ds in peer.received
+        if ds.SOPClassUID == SEG_CLASS
+    )
+    assert len(peer.received) == 4 and referenced == sorted([uid["Study1"], uid["Study2"]])
