@@ -82,7 +82,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--token-minutes",
         type=float,
         default=60.0,
-        help="lifetime of the tokens --users issues (default 60); restarting the server ends them all",
+        help="lifetime of the tokens --users issues, and the longest lifetime accepted of any token, "
+        "realm tokens included (default 60); restarting the server ends all --users tokens",
+    )
+    parser.add_argument(
+        "--auth-client-id",
+        metavar="NAME",
+        default="monailabel",
+        help="medseg's client in the --auth-realm (default monailabel): tokens the realm issued to other "
+        "applications (another aud/azp) are refused",
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=1024.0,
+        help="largest request body, an uploaded image or label (default 1024 MB); refused while it streams in",
+    )
+    parser.add_argument(
+        "--max-voxels",
+        type=float,
+        default=512**3,
+        help="most voxels an uploaded image or label may announce in its header (default 512^3 = 134217728); "
+        "checked before any voxel is read or inflated",
     )
     parser.add_argument(
         "--insecure-no-auth",
@@ -121,16 +142,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.serve.access import auth_environment, check_bind, check_tls
-    from medseg.serve.launcher import LabelServer, find_label_python, free_port, port_is_free, run_foreground
+    from medseg.serve.launcher import (
+        LabelServer,
+        find_label_python,
+        free_port,
+        port_is_free,
+        run_foreground,
+        upload_environment,
+    )
     from medseg.serve.workdir import default_workdir, prepare_workdir, select_bundles
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port")
     if args.infer_workers < 1:
         raise ConfigError("--infer-workers must be at least 1")
+    if args.max_upload_mb <= 0 or args.max_voxels < 1:
+        raise ConfigError("--max-upload-mb and --max-voxels must be positive")
+    args.host = args.host.strip().removeprefix("[").removesuffix("]")  # [::1] as in a URL
     check_bind(args.host, bool(args.users or args.auth_realm), args.insecure_no_auth)
     check_tls(args.ssl_certfile, args.ssl_keyfile)
-    auth_env = auth_environment(args.users, args.auth_realm, args.token_minutes)
+    auth_env = auth_environment(args.users, args.auth_realm, args.token_minutes, args.auth_client_id)
+    auth_env.update(upload_environment(args.max_upload_mb, int(args.max_voxels)))
     if args.precision is not None:  # read by the inference code in the MONAI Label venv
         auth_env[PRECISION_ENV] = args.precision
     wanted = [n.strip() for item in args.bundles or [] for n in item.split(",") if n.strip()]

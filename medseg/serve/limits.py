@@ -148,7 +148,9 @@ def _inflated_size_at_most(path: Path, limit: int, name: str, opener) -> None:
                         f"{name!r} inflates to more than its header announces ({limit:,} bytes): refused"
                     )
     except (OSError, EOFError, zlib.error, ValueError) as exc:
-        raise UploadRefused(f"{name!r} is not a complete compressed file ({exc})", status=422) from None
+        raise UploadRefused(
+            f"{name!r} cannot be read: it is not a complete compressed file ({exc})", status=422
+        ) from None
 
 
 def _check_nifti(path: Path, name: str, limits: UploadLimits) -> None:
@@ -161,7 +163,7 @@ def _check_nifti(path: Path, name: str, limits: UploadLimits) -> None:
         offset = int(header.get_data_offset())
     except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds for a damaged header
         raise UploadRefused(
-            f"{name!r} has no readable NIfTI header ({type(exc).__name__}: {exc})", 422
+            f"{name!r} cannot be read: no NIfTI header ({type(exc).__name__}: {exc})", 422
         ) from None
     data = limits.check_shape(shape, itemsize, name)
     if str(path).lower().endswith(".gz"):
@@ -173,7 +175,7 @@ def _nrrd_header(path: Path, name: str) -> tuple[dict[str, str], int]:
     with open(path, "rb") as fp:
         head = fp.read(_NRRD_HEADER_MAX)
     if not head.startswith(b"NRRD"):
-        raise UploadRefused(f"{name!r} is not an NRRD file (no NRRD magic)", status=422)
+        raise UploadRefused(f"{name!r} cannot be read: not an NRRD file (no NRRD magic)", status=422)
     end = head.find(b"\n\n")
     if end < 0:
         raise UploadRefused(f"{name!r} has no end of its NRRD header within 64 KiB", status=422)
@@ -226,9 +228,7 @@ def _check_dicom(path: Path, name: str, limits: UploadLimits) -> None:
         shape = (int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
         bits = int(ds.get("BitsAllocated", 8) or 8)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for a damaged file
-        raise UploadRefused(
-            f"{name!r} is not a readable DICOM file ({type(exc).__name__}: {exc})", 422
-        ) from None
+        raise UploadRefused(f"{name!r} cannot be read as DICOM ({type(exc).__name__}: {exc})", 422) from None
     limits.check_shape(shape, max(1, bits // 8), name)
 
 

@@ -158,8 +158,8 @@ def test_bad_requests_get_4xx_with_a_message(served, hippocampus_dir: Path, case
         (
             "server path as image id",
             call("POST", f"{url}/infer/{model}?image=/etc/passwd", fields={"params": "{}"}),
-            404,
-            "not in the datastore",
+            400,
+            "not a plain name",
         ),
         ("no input", call("POST", f"{url}/infer/{model}", fields={"params": "{}"}), 400, "exactly one"),
         (

@@ -71,7 +71,7 @@ class Handler(BaseHTTPRequestHandler):
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key()))
             self._json(200, {"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]})
         elif url.path == "/mint":
-            q = dict(urllib.parse.parse_qsl(url.query))
+            q = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
             roles = [r for r in q.get("roles", "").split(",") if r]
             token = mint(
                 self.base,

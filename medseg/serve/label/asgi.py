@@ -555,6 +555,9 @@ for _path, _route in (("/datastore/image/info", api_image_info), ("/datastore/la
     api.add_api_route(_path, _route, methods=["GET"], summary=f"{RBAC_USER}Info (file paths for admins only)")
 api.add_api_route("/datastore/", api_datastore, methods=["GET"], summary=f"{RBAC_USER}Images and labels")
 api.add_api_route(
+    "/activelearning/{strategy}", api_next_sample, methods=["POST"], summary=f"{RBAC_USER}Next sample"
+)
+api.add_api_route(
     "/datastore/image", api_download_image, methods=["GET"], summary=f"{RBAC_USER}Download an image"
 )
 api.add_api_route(
