@@ -394,6 +394,7 @@ def _stow(
     from dicomweb_client import DICOMwebClient
 
     client = DICOMwebClient(destination.url)
+    client.set_http_retry_params(retry=False)  # one retry policy: the queue's (_SEND_RETRY_SECONDS)
     try:
         answer = client.store_instances([ds for _, ds in pending])
     except (requests.RequestException, OSError) as exc:

@@ -12,8 +12,15 @@ from medseg.node.queue import NodeQueue
 
 def _add(queue: NodeQueue, series: str, sop: str) -> bool:
     return queue.add_instance(
-        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.4", series_uid=series, study_uid="1.2",
-        modality="MR", description="t1", calling_aet="PACS", path=f"/x/{sop}.dcm", folder="/x",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        series_uid=series,
+        study_uid="1.2",
+        modality="MR",
+        description="t1",
+        calling_aet="PACS",
+        path=f"/x/{sop}.dcm",
+        folder="/x",
     )
 
 
@@ -53,3 +60,21 @@ def test_failed_sends_back_off_then_give_up(tmp_path: Path) -> None:
     queue.send_failed("2.1", "cannot associate", retry_after=0, give_up_after=2)
     row = queue.get("2.1")
     assert row.state == "failed" and row.reason == "cannot associate" and row.attempts == 2
+
+
+def test_a_workdir_from_before_routing_gets_the_bundle_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "node.sqlite") as db:  # the first schema's series table, one row
+        db.execute(
+            "CREATE TABLE series (series_uid TEXT PRIMARY KEY, study_uid TEXT, modality TEXT, description TEXT,"
+            " calling_aet TEXT, folder TEXT NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL DEFAULT 0,"
+            " first_received REAL NOT NULL, last_received REAL NOT NULL, reason TEXT, outputs TEXT,"
+            " attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL DEFAULT 0, updated REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO series (series_uid, folder, state, first_received, last_received, updated)"
+                   " VALUES ('3.1', '/x', 'sent', 1, 1, 1)")  # fmt: skip
+    queue = NodeQueue(tmp_path)
+    assert queue.get("3.1").bundle == ""
+    queue.set_state("3.1", "sent", bundle="hippocampus_unet3d")
+    assert queue.get("3.1").bundle == "hippocampus_unet3d"

@@ -214,3 +214,34 @@ def test_routes_pick_the_bundle_and_refuse_what_matches_none(shared_data: Path, 
         if ds.SOPClassUID == SEG_CLASS
     )
     assert len(peer.received) == 4 and referenced == sorted([uid["Study1"], uid["Study2"]])
+
+
+def test_a_dicomweb_destination_that_does_not_answer_is_retried_later(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """STOW-RS to a port nothing listens on: the series stays segmented with the reason, nothing counts as sent."""
+    from medseg.node.service import DicomNode, DicomWebDestination, NodeConfig
+
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    node = DicomNode(
+        NodeConfig(
+            workdir=tmp_path,
+            bundle=REPO / "bundles" / "hippocampus_unet3d",
+            destination=DicomWebDestination(url),
+        )
+    )
+    seg = shared_data / "dicom" / "ct-liver-seg" / "liver.dcm"
+    source = pydicom.dcmread(seg, stop_before_pixels=True)
+    node.queue.add_instance(
+        sop_instance_uid="1.2.3.1", sop_class_uid=SEG_CLASS, series_uid="1.2.3", study_uid=str(source.StudyInstanceUID),
+        modality="MR", description="", calling_aet="PACS", path=str(seg), folder=str(seg.parent),
+    )  # fmt: skip
+    node.queue.settle(0.0, ["1.2.3"])
+    row = node.queue.claim()
+    outputs = {"seg": str(seg), "rtstruct": str(seg.parent / "partial_overlaps.dcm")}
+    node.queue.set_state(row.series_uid, "segmented", outputs=outputs)
+    node.send(node.queue.get("1.2.3"))
+    after = node.queue.get("1.2.3")
+    assert after.state == "segmented" and after.attempts == 1
+    assert after.reason.startswith(f"STOW-RS to {url} failed")
+    assert node.queue.sent_uids("1.2.3") == set() and node.queue.to_send() == []  # the retry waits
