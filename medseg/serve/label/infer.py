@@ -4,7 +4,9 @@
 builds the bundle's transforms under a lock (MONAI's ConfigParser is not thread safe) so inferences
 may run in several threads, loads weights strictly, and uses the serving version (``model.pt`` or a
 promoted ``models/model-ftNNN-<time>.pt``) unless the request names one (``model_filename``); an
-ensemble bundle loads its members' weights when its network is built. It overrides the protected
+ensemble bundle loads its members' weights when its network is built. The network runs in the
+precision ``medseg serve --precision`` asks for (:mod:`medseg.precision`: under ``auto``, bf16
+autocast on a CPU with bf16 units), reported with every result. It overrides the protected
 hook ``_get_network`` of its base: re-check it when monailabel is upgraded.
 """
 
@@ -22,6 +24,7 @@ from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
 from medseg.bundle.core import open_bundle
 from medseg.bundle.loader import is_ensemble, load_weights, weight_files
+from medseg.precision import resolve_precision, with_precision
 from medseg.serve.label.versions import VERSION_FILE, VersionStore
 
 __all__ = ["LATEST", "MedsegInferTask", "latest_weights", "resolve_weights", "weight_versions"]
@@ -139,14 +142,24 @@ class MedsegInferTask(BundleInferTask):
         with self._config_lock:
             return super().inferer(data)
 
+    def _precision(self, device, data) -> Any:
+        """The precision of this server's inference (``medseg serve --precision``): bf16 autocast of the
+        network on a CPU with bf16 units under ``auto``; on CUDA the bundle's own AMP setting rules."""
+        precision = resolve_precision(None, device)
+        if data is not None:
+            data["medseg_precision"] = precision.dtype if precision.device == "cpu" else "bundle amp"
+        return precision if precision.device == "cpu" and precision.reduced else None
+
     def _get_network(self, device, data):
+        precision = self._precision(device, data)
         if self.ensemble:  # the members' weights were loaded when network_def was built
             if data is not None:
                 data["medseg_weights"] = "ensemble"
             with self._network_lock:
                 key = (str(device), "ensemble")
                 if key not in self._networks:
-                    self._networks[key] = (copy.deepcopy(self.network).to(device).eval(), None)
+                    network = copy.deepcopy(self.network).to(device).eval()
+                    self._networks[key] = (with_precision(network, precision) if precision else network, None)
                 return self._networks[key][0]
         path = resolve_weights(self.bundle_path, (data or {}).get("model_filename"))
         stat = path.stat()
@@ -161,6 +174,8 @@ class MedsegInferTask(BundleInferTask):
             logger.info("loading %s weights %s on %s", os.path.basename(self.bundle_path), path.name, device)
             network = load_weights(copy.deepcopy(self.network), path, device, strict=True)
             network.eval()
+            if precision is not None:  # stitching, softmax and argmax stay fp32 outside the wrapper
+                network = with_precision(network, precision)
             # keep one network per device: the version just loaded
             self._networks = {k: v for k, v in self._networks.items() if k[0] != str(device)}
             self._networks[key] = (network, stamp)
@@ -169,5 +184,6 @@ class MedsegInferTask(BundleInferTask):
     def writer(self, data, extension=None, dtype=None):
         result_file, result_json = super().writer(data, extension, dtype)
         result_json["weights"] = data.get("medseg_weights", "")
+        result_json["precision"] = data.get("medseg_precision", "fp32")
         result_json["bundle"] = os.path.basename(self.bundle_path)
         return result_file, result_json
