@@ -116,21 +116,46 @@ def _infer(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, param
     return result
 
 
-def infer_job(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, params: dict) -> dict[str, Any]:
-    """Run one inference request; returns MONAI Label's result dict (files stay on disk)."""
+def _as_job_error(job: Any, what: str, model: Any) -> Any:
+    """Run ``job()``; every failure goes back as a picklable :class:`JobError` (4xx for the request's
+    fault, 500 with the traceback logged for the rest)."""
     try:
-        return _infer(request, upload, dicom_seg, params)
+        return job()
     except JobError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure goes back as a picklable JobError
+    except Exception as exc:  # noqa: BLE001 - every failure crosses the process boundary as a JobError
         mapped = error_status(exc)
         if mapped is not None:
             raise JobError(*mapped) from None
-        logger.error("inference with %s failed:\n%s", request.get("model"), traceback.format_exc())
-        raise JobError(500, f"inference failed: {type(exc).__name__}: {exc}") from None
+        logger.error("%s with %s failed:\n%s", what, model, traceback.format_exc())
+        raise JobError(500, f"{what} failed: {type(exc).__name__}: {exc}") from None
+
+
+def infer_job(request: dict, upload: tuple[str, str] | None, dicom_seg: bool, params: dict) -> dict[str, Any]:
+    """Run one inference request; returns MONAI Label's result dict (files stay on disk)."""
+    return _as_job_error(
+        lambda: _infer(request, upload, dicom_seg, params), "inference", request.get("model")
+    )
 
 
 _inferences: dict[str, Any] = {}
+
+
+def _disagreement(model: str, images: dict[str, str]) -> dict[str, float]:
+    from medseg.bundle.core import open_bundle
+    from medseg.bundle.loader import load_inference
+    from medseg.ensemble.disagreement import image_disagreement, require_members
+
+    task = _instance.infer_task(model)
+    if task is None:
+        raise JobError(404, f"unknown model {model!r}")
+    bundle = open_bundle(task.bundle_path)
+    if model not in _inferences:
+        inference = load_inference(bundle)
+        require_members(inference.network, model)
+        _inferences[model] = inference
+    labels = [v for v in bundle.labels if v != 0]
+    return {key: image_disagreement(_inferences[model], path, labels) for key, path in images.items()}
 
 
 def disagreement_job(model: str, images: dict[str, str]) -> dict[str, float]:
@@ -139,26 +164,4 @@ def disagreement_job(model: str, images: dict[str, str]) -> dict[str, float]:
     The ensemble's network, preprocessing and inferer are built once per worker with medseg's loader
     (:func:`medseg.bundle.loader.load_inference`).
     """
-    try:
-        from medseg.bundle.core import open_bundle
-        from medseg.bundle.loader import load_inference
-        from medseg.ensemble.disagreement import image_disagreement, require_members
-
-        task = _instance.infer_task(model)
-        if task is None:
-            raise JobError(404, f"unknown model {model!r}")
-        bundle = open_bundle(task.bundle_path)
-        if model not in _inferences:
-            inference = load_inference(bundle)
-            require_members(inference.network, model)
-            _inferences[model] = inference
-        labels = [v for v in bundle.labels if v != 0]
-        return {key: image_disagreement(_inferences[model], path, labels) for key, path in images.items()}
-    except JobError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure goes back as a picklable JobError
-        mapped = error_status(exc)
-        if mapped is not None:
-            raise JobError(*mapped) from None
-        logger.error("disagreement with %s failed:\n%s", model, traceback.format_exc())
-        raise JobError(500, f"disagreement failed: {type(exc).__name__}: {exc}") from None
+    return _as_job_error(lambda: _disagreement(model, images), "disagreement", model)
