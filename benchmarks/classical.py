@@ -3,7 +3,7 @@
 Fold 0 is the fixed validation fold of the project: the case ids sorted, cases whose
 index % 5 == 0 (52 of 260). Each method runs with its default options (foreground by the
 centre prior, split into anterior/posterior at the median plane of the anterior-posterior
-axis; see :mod:`medseg.classical`). Dice per case and label (1 anterior, 2 posterior),
+axis; see :mod:`medseg.baselines.classical`). Dice per case and label (1 anterior, 2 posterior),
 averaged over cases.
 
 Usage::
@@ -22,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medseg import classical
+from medseg.baselines import classical
 from medseg.data import load_msd_datalist, split_folds
 from medseg.paths import data_dir
 

@@ -2,7 +2,7 @@
 
 The dataset (MSD or nnU-Net v2 raw layout) is read once, in parallel, which validates every case;
 only then are ``BUNDLE/plans/fingerprint.json``, ``BUNDLE/plans/plan.json`` and the bundle's files
-(``configs/``, ``docs/README.md``, ``LICENSE``; see :mod:`medseg.plan.render`) written, each
+(``configs/``, ``docs/README.md``, ``LICENSE``; see :mod:`medseg.render`) written, each
 atomically, so a bad dataset leaves nothing behind.
 """
 
@@ -16,7 +16,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from medseg.plan.planner import DEFAULT_CPU_MINUTES, NETWORK_NAMES
+    from medseg.plan.planner import DEFAULT_CPU_MINUTES, NETWORK_NAMES, TARGETS
 
     parser = subparsers.add_parser(
         "plan",
@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", help="bundle name (default: from the dataset's name and the network)")
     parser.add_argument(
         "--target",
-        choices=("cpu", "gpu"),
+        choices=TARGETS,
         default=None,
         help="plan for CPU time or GPU memory (default: cpu when no CUDA device is present)",
     )
@@ -94,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
     from medseg.plan.fingerprint import extract_fingerprint
     from medseg.plan.planner import explain, make_plan
     from medseg.render import BUNDLE_FILES, BundleTemplate, render_bundle
-    from medseg.render.records import CV_RECORD, FINGERPRINT_FILE, OVERRIDES_FILE, PLAN_FILE, RECORD_FILE
+    from medseg.render.records import (
+        CV_RECORD,
+        FINGERPRINT_FILE,
+        OVERRIDES_FILE,
+        PLAN_FILE,
+        RECORD_FILE,
+        Plan,
+    )
 
     root = Path(args.output)
     targets = [root / f for f in (FINGERPRINT_FILE, PLAN_FILE, *BUNDLE_FILES)]
@@ -134,11 +141,11 @@ def run(args: argparse.Namespace) -> int:
         render_bundle(plan, args.output)
     if args.explain:
         print(explain(plan))
-    values = {key: entry["value"] for key, entry in plan["values"].items()}
+    planned, inputs = Plan.of(plan), plan["inputs"]
     print(
-        f"{plan['inputs']['name']}: {len(spec.cases)} cases, {plan['inputs']['network']} "
-        f"{plan['inputs']['dims']}-D for {plan['inputs']['target']}, spacing {values['target_spacing']}, "
-        f"patch {values['patch_size']}, batch {values['batch_size']}, {values['training']['max_epochs']} epochs"
+        f"{inputs['name']}: {len(spec.cases)} cases, {inputs['network']} {inputs['dims']}-D for "
+        f"{inputs['target']}, spacing {planned['target_spacing']}, patch {planned['patch_size']}, "
+        f"batch {planned['batch_size']}, {planned['training']['max_epochs']} epochs"
     )
     print(f"written: {root / FINGERPRINT_FILE}, {root / PLAN_FILE}")
     if not_rendered:

@@ -62,11 +62,10 @@ def check_members(bundles: Sequence[Bundle]) -> None:
 
 
 def _preprocessing(bundle: Bundle) -> dict[str, Any]:
-    import json
+    from medseg.render.records import read_plan
 
-    plan = json.loads((bundle.root / "plans" / "plan.json").read_text())
-    values = plan["values"]
-    return {k: values[k]["value"] for k in ("target_spacing", "normalization")}
+    plan = read_plan(bundle.root)
+    return {k: plan[k] for k in ("target_spacing", "normalization")}
 
 
 def choose_configuration(

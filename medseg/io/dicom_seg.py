@@ -407,7 +407,7 @@ def _frame_info(ds: Any, index: int) -> _FrameInfo:
 
 
 def _resolve_source(ds: Any, seg_path: Path, source: Any) -> Any:
-    from medseg.io import load_image
+    from medseg.io.image import load_image
 
     references = [str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", None) or []]
     if source is not None and hasattr(source, "affine"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,6 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from medseg.errors import GeometryError, InputError
-from medseg.io import prefetch
 from medseg.io.atomic import atomic_write
 from medseg.io.dicom import read_dicom
 from medseg.io.formats import NIFTI_SUFFIXES, image_format
@@ -33,9 +33,26 @@ __all__ = [
     "read_nrrd",
     "load_image",
     "save_nifti",
+    "use_earlier_reads",
 ]
 
 logger = logging.getLogger(__name__)
+
+EarlierRead = Callable[[str | os.PathLike, str | None, str], "tuple[np.ndarray, dict[str, Any]] | None"]
+# Where read_image first asks for a read already made (medseg.io.prefetch registers its forked
+# child's result here), so that this module does not import the prefetcher back.
+_earlier_read: EarlierRead | None = None
+
+
+def use_earlier_reads(source: EarlierRead | None) -> None:
+    """Let :func:`read_image` first take ``source(path, series_uid, decoder)``'s read, when not None.
+
+    Args:
+        source: a read made elsewhere for exactly these arguments, or None to read (as
+            :func:`medseg.io.prefetch.take`); ``None`` stops asking.
+    """
+    global _earlier_read
+    _earlier_read = source
 
 
 def _check_finite(array: np.ndarray, path: str | os.PathLike) -> None:
@@ -148,7 +165,7 @@ def read_image(
         series_uid: SeriesInstanceUID to pick from a folder with several DICOM series.
         decoder: DICOM pixel decoder, see :func:`medseg.io.dicom.read_dicom`.
     """
-    prefetched = prefetch.take(path, series_uid, decoder)
+    prefetched = _earlier_read(path, series_uid, decoder) if _earlier_read is not None else None
     if prefetched is not None:
         return prefetched
     kind = image_format(path)

@@ -3,7 +3,8 @@
 A one-shot command such as ``medseg segment`` spends its first seconds importing torch and MONAI
 on one core; reading and validating a DICOM series (pydicom, numpy) needs neither, so a child
 forked before those imports reads it on the other core. The parent later asks :func:`take` for
-the same ``(path, series_uid, decoder)`` and gets the child's ``(array, meta)``; if the child
+the same ``(path, series_uid, decoder)`` (:func:`medseg.io.image.read_image` asks, once :func:`start`
+has registered :func:`take` with it) and gets the child's ``(array, meta)``; if the child
 failed, was not started, or was asked for something else, ``take`` returns None and the caller
 reads the image itself -- so errors are always reported by the normal path, once.
 
@@ -35,7 +36,7 @@ def _key(path: str | os.PathLike, series_uid: str | None, decoder: str) -> tuple
 
 def _read_and_spill(path: str, series_uid: str | None, decoder: str, spill: str) -> tuple:
     """In the child: read the image; the voxels go to ``spill``, the rest is returned."""
-    from medseg.io.image import read_image
+    from medseg.io.image import read_image  # in the child, while the parent imports torch
 
     array, meta = read_image(path, series_uid=series_uid, decoder=decoder)
     # Through a file in memory (tmpfs): one write and one read, where pickling a CT of a few
@@ -65,6 +66,9 @@ def start(path: str | os.PathLike, series_uid: str | None = None, decoder: str =
     os.close(handle)
     job = background.start(_read_and_spill, str(path), series_uid, decoder, spill)
     _pending.update(key=_key(path, series_uid, decoder), job=job, spill=spill)
+    from medseg.io.image import use_earlier_reads  # after the fork: the child starts reading first
+
+    use_earlier_reads(take)
     return True
 
 

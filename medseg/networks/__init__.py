@@ -13,24 +13,28 @@ Create one by name with :func:`create` (``unet``, ``deeplabv3plus``, ``fcn``, ``
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from medseg.networks.registry import network_spec, network_specs
 
-from medseg.networks.base import (
-    Autocast,
-    ChannelsLast,
-    PadBatch,
-    SegmentationModel,
-    crop_padding,
-    pad_to_multiple,
-    to_channels_last,
-)
-from medseg.networks.deeplabv3plus import DeepLabV3Plus
-from medseg.networks.fcn import FCN
-from medseg.networks.pspnet import PSPNet
-from medseg.networks.segnet import SegNet
-from medseg.networks.unet import UNet
+if TYPE_CHECKING:
+    from torch import nn
+
+    from medseg.networks.base import (
+        Autocast,
+        ChannelsLast,
+        PadBatch,
+        SegmentationModel,
+        crop_padding,
+        pad_to_multiple,
+        to_channels_last,
+    )
+    from medseg.networks.deeplabv3plus import DeepLabV3Plus
+    from medseg.networks.fcn import FCN
+    from medseg.networks.pspnet import PSPNet
+    from medseg.networks.segnet import SegNet
+    from medseg.networks.unet import UNet
 
 __all__ = [
     "SegmentationModel",
@@ -39,7 +43,6 @@ __all__ = [
     "FCN",
     "SegNet",
     "PSPNet",
-    "NETWORKS",
     "available",
     "create",
     "count_parameters",
@@ -51,18 +54,37 @@ __all__ = [
     "Autocast",
 ]
 
-NETWORKS: dict[str, type[nn.Module]] = {
-    "unet": UNet,
-    "deeplabv3plus": DeepLabV3Plus,
-    "fcn": FCN,
-    "segnet": SegNet,
-    "pspnet": PSPNet,
+# Imported on first use, so that the registry (and ``medseg bundle check``) needs no torch.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "Autocast",
+            "ChannelsLast",
+            "PadBatch",
+            "SegmentationModel",
+            "crop_padding",
+            "pad_to_multiple",
+            "to_channels_last",
+        ),
+        "medseg.networks.base",
+    ),
+    "DeepLabV3Plus": "medseg.networks.deeplabv3plus",
+    "FCN": "medseg.networks.fcn",
+    "PSPNet": "medseg.networks.pspnet",
+    "SegNet": "medseg.networks.segnet",
+    "UNet": "medseg.networks.unet",
 }
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available() -> list[str]:
     """Names accepted by :func:`create`, sorted."""
-    return sorted(NETWORKS)
+    return sorted(spec.name for spec in network_specs())
 
 
 def create(
@@ -80,12 +102,10 @@ def create(
             has a default.
 
     Raises:
-        ValueError: unknown name.
+        ConfigError: unknown name.
     """
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; available: {', '.join(available())}.")
-    return NETWORKS[key](
+    network_class = network_spec(name).network_class()
+    return network_class(
         spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **options
     )
 

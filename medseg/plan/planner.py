@@ -18,7 +18,8 @@ The rules follow nnU-Net v2's ``ExperimentPlanner`` (``default_experiment_planne
   spacing is within 2x of the finest one), the patch padded to a multiple of the total stride;
 * batch size: what the budget allows, at least 2, and at most 5 % of the dataset's voxels per batch.
 
-The compute budget decides how large a network and patch fit:
+The compute budget decides how large a network and patch fit (one class per kind of budget in
+:mod:`medseg.plan.budget`):
 
 * ``gpu``: memory. nnU-Net's reference is an 8 GB GPU; medseg estimates a training step's memory
   from the network itself (the tensors autograd saves for the backward pass, counted on PyTorch's
@@ -29,20 +30,50 @@ The compute budget decides how large a network and patch fit:
   from the network's floating-point operations (counted on the ``meta`` device) at a throughput
   calibrated on the measured hippocampus recipe. When the nnU-Net-width network does not fit,
   lighter ones are tried (the plan says so), then a smaller patch.
+
+:func:`make_plan` is a short orchestrator over one function per planned value (``_plan_<name>``);
+the candidates are searched once (:func:`_search`), each network is sized and built through the
+registry of :mod:`medseg.networks.registry` (its ``network_def``, total stride and CPU layout), and
+the recorded overrides are applied last (:mod:`medseg.plan.overrides`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from medseg.errors import ConfigError
-from medseg.render.records import installed_versions
+from medseg.networks.registry import Design, NetworkSpec, network_spec, network_specs, total_stride
+from medseg.plan.budget import (
+    BUDGETS,
+    DEFAULT_CPU_MINUTES,
+    MAX_DATASET_FRACTION_PER_BATCH,
+    MIN_BATCH_SIZE,
+    MIN_EPOCHS,
+    REFERENCE_CPU_GFLOPS,
+    REFERENCE_GPU_MEMORY_GB,
+    Assessment,
+    Budget,
+    Width,
+    make_budget,
+)
+from medseg.plan.cost import estimate_step
+from medseg.plan.overrides import (
+    WHY_KEY,
+    apply_overrides,
+    check_concepts,
+    metadata_text,
+    override_labels,
+    split_overrides,
+)
+from medseg.plan.values import planned as _value
+from medseg.plan.values import rounded as _r
+from medseg.render.records import Plan, installed_versions
 
 __all__ = [
     "PLAN_VERSION",
@@ -62,40 +93,17 @@ __all__ = [
 ]
 
 PLAN_VERSION = 1
-NETWORK_NAMES = ("unet", "deeplabv3plus", "fcn", "segnet", "pspnet")
-TARGETS = ("cpu", "gpu")
+NETWORK_NAMES = tuple(spec.name for spec in network_specs())
+TARGETS = tuple(BUDGETS)
 
 # nnU-Net v2's constants (default_experiment_planner.py).
 ANISOTROPY_THRESHOLD = 3.0
 FEATUREMAP_MIN_EDGE = 4
 REFERENCE_PATCH_VOXELS = {3: 256**3, 2: 2048**2}
-MAX_DATASET_FRACTION_PER_BATCH = 0.05
-MIN_BATCH_SIZE = 2
 NONZERO_CROP_THRESHOLD = 0.75
-REFERENCE_GPU_MEMORY_GB = 8.0
-GPU_RESERVED_BYTES = 1 << 30
-GPU_BASE_FEATURES = 32
 MAX_FEATURES = {3: 320, 2: 512}
-
-# CPU cost model, calibrated on the measured hippocampus_unet3d recipe: its step (16-128 channels,
-# one residual unit, 40 x 56 x 40, batch 2: 4.07 GFLOP forward + backward) takes about 50 ms on two
-# cores (5.7 s per epoch of 104 steps with validation), i.e. about 100 GFLOP/s plus 10 ms of
-# data augmentation, optimizer and EMA per step. Throughput is assumed to scale with the cores.
-REFERENCE_CPU_GFLOPS = 100.0
-REFERENCE_CPU_CORES = 2
-CPU_STEP_OVERHEAD_S = 0.010
-DEFAULT_CPU_MINUTES = 15.0
-# The recipe's validation Dice was 0.857 after 5 epochs, 0.88 after 25 and peaked at 60: a CPU plan
-# must afford 60 epochs within the budget; 10 % of the budget goes to caching and validation.
-MIN_EPOCHS = 60
-# A 2-D network on volumes (hippocampus_unet2d's recipe): 8 random slices of each of 4 volumes per step.
+# A 2-D network on volumes (hippocampus_unet2d's recipe): 8 random slices of each volume per epoch.
 SLICES_PER_VOLUME = 8
-SLICE_BATCH = 32
-# A CPU patch keeps at least half the median image shape along each axis.
-CPU_MIN_COVERAGE = 0.5
-CPU_BUDGET_TRAINING_SHARE = 0.9
-# nnU-Net trains 1000 epochs of 250 steps; a GPU plan keeps that number of steps.
-GPU_TRAINING_STEPS = 250_000
 # Cosine-decayed AdamW with a weight EMA: the recipe that reached fold-0 Dice 0.885 in 15 minutes.
 LEARNING_RATE = 5e-3
 WEIGHT_DECAY = 1e-5
@@ -115,15 +123,17 @@ MIRROR_MINORITY_SHARE = 0.25
 MIRROR_MIN_SKEWNESS = 0.1
 _MODALITY_CODES = {"ct": "CT", "mr": "MR", "mri": "MR", "pet": "PT", "pt": "PT", "us": "US", "xr": "DX"}
 _MR_NAMES = ("t1", "t2", "flair", "adc", "dwi", "pd", "lge", "swi", "bold", "mprage")
-
-
-def _value(value: Any, rule: str, **data: Any) -> dict[str, Any]:
-    """One planned value with the rule that produced it and the data behind it."""
-    return {"value": value, "rule": rule, "data": data}
-
-
-def _r(x: float, digits: int = 4) -> float:
-    return float(f"{float(x):.{digits}g}")
+_DATASET_FIELDS = (
+    "name",
+    "layout",
+    "spatial_dims",
+    "channels",
+    "file_ending",
+    "num_cases",
+    "licence",
+    "reference",
+    "description",
+)
 
 
 @dataclass(frozen=True)
@@ -276,163 +286,7 @@ def _normalization(fp: Mapping[str, Any], rgb: bool) -> dict[str, Any]:
     )
 
 
-# -- networks and their cost ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Width:
-    """One rung of the network ladder: base width and blocks per level."""
-
-    name: str
-    base: int
-    blocks: int
-    note: str
-
-
-def _ladder(target: str) -> list[Width]:
-    gpu = Width("nnU-Net width", GPU_BASE_FEATURES, 2, "nnU-Net's 32 base features, two blocks per level")
-    if target == "gpu":
-        return [gpu]
-    return [
-        gpu,
-        Width(
-            "light",
-            16,
-            1,
-            "16 base features, one residual unit per level: the measured CPU recipe of hippocampus_unet3d "
-            "(fold-0 Dice 0.885 in 15 minutes on 2 cores; a 4.7 M-parameter network did no better)",
-        ),
-        Width("lighter", 8, 1, "8 base features, one residual unit per level"),
-    ]
-
-
-def network_config(
-    name: str, dims: int, in_channels: int, out_channels: int, topology: Topology, width: Width
-) -> dict[str, Any]:
-    """The network's ``network_def`` (``_target_`` and constructor arguments) for a planned topology.
-
-    Args:
-        name: one of :data:`NETWORK_NAMES`.
-        dims: spatial dimensions.
-        in_channels: image channels.
-        out_channels: classes, background included.
-        topology: strides per level (U-Net, SegNet: their depth follows it).
-        width: base width and blocks per level.
-    """
-    levels = len(topology.strides) + 1
-    cap = MAX_FEATURES[dims]
-    widths = [min(width.base * 2**i, cap) for i in range(levels)]
-    common = {"spatial_dims": dims, "in_channels": in_channels, "out_channels": out_channels}
-    if name == "unet":
-        strides = [list(s) if len(set(s)) > 1 else s[0] for s in topology.strides]
-        return {
-            "_target_": "medseg.networks.UNet",
-            **common,
-            "channels": widths,
-            "strides": strides,
-            "num_res_units": width.blocks,
-            "norm": "instance",
-        }
-    if name == "segnet":
-        return {
-            "_target_": "medseg.networks.SegNet",
-            **common,
-            "channels": widths[: max(1, levels - 1)],
-            "convs_per_stage": width.blocks,
-        }
-    encoder = [width.base, width.base] + [min(width.base * 2**i, cap) for i in range(1, 4)]
-    if name == "fcn":
-        return {
-            "_target_": "medseg.networks.FCN",
-            **common,
-            "channels": encoder,
-            "convs_per_stage": width.blocks,
-        }
-    # DeepLabV3+ and PSPNet: ResNet encoder with a dilated tail; output stride 16 needs >= 4 voxels
-    # at 1/16 of the patch along every axis, else 8.
-    output_stride = 16 if min(topology.patch_size) >= 16 * FEATUREMAP_MIN_EDGE else 8
-    blocks = [1, width.blocks, width.blocks, 1]
-    target = "medseg.networks.DeepLabV3Plus" if name == "deeplabv3plus" else "medseg.networks.PSPNet"
-    config = {
-        "_target_": target,
-        **common,
-        "channels": encoder,
-        "num_blocks": blocks,
-        "output_stride": output_stride,
-        "decoder_channels": 4 * width.base,  # 128 at nnU-Net's width, as hippocampus_deeplab3d
-    }
-    if name == "deeplabv3plus":
-        config["low_level_stride"] = 2 if min(topology.patch_size) < 64 else 4
-        config["aspp_channels"] = 4 * width.base
-    return config
-
-
-def total_stride(config: Mapping[str, Any], topology: Topology) -> tuple[int, ...]:
-    """The multiple every patch axis must be of for the network (it pads other sizes internally)."""
-    target = config["_target_"].rsplit(".", 1)[-1]
-    dims = len(topology.patch_size)
-    if target == "UNet":
-        return topology.divisor
-    if target == "SegNet":
-        return (2 ** len(config["channels"]),) * dims
-    if target == "FCN":
-        return (32,) * dims
-    return (int(config["output_stride"]),) * dims
-
-
-def _build(config: Mapping[str, Any]):
-    import medseg.networks as networks
-
-    kwargs = {k: v for k, v in config.items() if k != "_target_"}
-    return getattr(networks, config["_target_"].rsplit(".", 1)[-1])(**kwargs)
-
-
-def estimate_step(config: Mapping[str, Any], patch_size: Sequence[int], batch_size: int) -> dict[str, float]:
-    """Cost of one training step, counted on PyTorch's ``meta`` device (nothing is computed).
-
-    Args:
-        config: a ``network_def`` from :func:`network_config`.
-        patch_size: the training patch.
-        batch_size: samples per step.
-
-    Returns:
-        ``{"gflop": forward + backward floating-point operations (1e9), "saved_mib": tensors autograd
-        keeps for the backward pass (MiB, float32), "parameters": count}``.
-    """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    saved = [0]
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved[0] += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.device("meta"):
-        network = _build(config)
-        x = torch.empty((batch_size, config["in_channels"], *patch_size))
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        network(x).sum().backward()
-    return {
-        "gflop": counter.get_total_flops() / 1e9,
-        "saved_mib": saved[0] / 2**20,
-        "parameters": float(sum(p.numel() for p in network.parameters())),
-    }
-
-
-def _cpu_seconds(step: Mapping[str, float], gflops: float) -> float:
-    return step["gflop"] / gflops + CPU_STEP_OVERHEAD_S
-
-
-def _gpu_bytes(step: Mapping[str, float], batch_size: int, per_sample: bool = False) -> float:
-    activations = step["saved_mib"] * 2**20
-    if per_sample:
-        return activations / batch_size
-    return activations + 16 * step["parameters"] + GPU_RESERVED_BYTES
-
-
-# -- the search -----------------------------------------------------------------------------------
+# -- geometry ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -464,7 +318,7 @@ def _initial_patch(spacing: Sequence[float], median_shape: Sequence[float]) -> l
     return [int(min(round(p), round(m))) for p, m in zip(patch, median_shape, strict=True)]
 
 
-def _batch_cap(fp: Mapping[str, Any], geometry: _Geometry, patch: Sequence[int], dims: int) -> int:
+def _batch_cap(fp: Mapping[str, Any], geometry: _Geometry, patch: Sequence[int]) -> int:
     median_voxels = float(np.prod(geometry.median_shape))
     if geometry.slice_axis is not None:
         shapes = np.array([c["shape"] for c in fp["cases"]], dtype=np.float64)
@@ -494,97 +348,109 @@ def _reduce_patch(
     return None
 
 
-def _search(
+# -- the search over networks and patches -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One network at one patch, judged against the budget."""
+
+    width: Width
+    topology: Topology
+    config: dict[str, Any]
+    patch: list[int]
+    batch_cap: int
+    assessment: Assessment
+    tried: tuple[dict[str, Any], ...] = field(default=())
+    over_budget: bool = False
+
+    @property
+    def batch(self) -> int:
+        return self.assessment.batch
+
+    @property
+    def step(self) -> Mapping[str, float]:
+        return self.assessment.step
+
+    @property
+    def cost(self) -> dict[str, Any]:
+        return self.assessment.cost
+
+    def attempt(self) -> dict[str, Any]:
+        """What the plan records of a candidate that did not fit."""
+        return {
+            "width": self.width.name,
+            "patch_size": self.patch,
+            "batch_size": self.batch,
+            "gflop_per_step": _r(self.step["gflop"]),
+            "parameters": int(self.step["parameters"]),
+            **self.cost,
+        }
+
+
+def _train_cases(num_cases: int) -> int:
+    """Cases in the training folds of the fixed split (sorted ids, index % 5)."""
+    return sum(1 for index in range(num_cases) if index % NUM_FOLDS in TRAIN_FOLDS)
+
+
+def _samples_per_epoch(fp: Mapping[str, Any], geometry: _Geometry) -> int:
+    """Samples an epoch draws: each training case once, or 8 slices of it for a 2-D network on volumes."""
+    return _train_cases(len(fp["cases"])) * (SLICES_PER_VOLUME if geometry.slice_axis is not None else 1)
+
+
+def _candidate(
     fp: Mapping[str, Any],
-    network: str,
-    dims: int,
-    target: str,
+    spec: NetworkSpec,
+    budget: Budget,
     geometry: _Geometry,
-    budget: Mapping[str, float],
-) -> dict[str, Any]:
-    in_channels = len(fp["dataset"]["channels"])
-    out_channels = len(fp["dataset"]["labels"])
-    n_train = _train_cases(len(fp["cases"]))
+    width: Width,
+    patch: list[int],
+) -> _Candidate:
+    """The network a patch allows (nnU-Net's topology, the registry's ``network_def``), judged."""
+    dims = len(geometry.axes)
+    topology = get_pool_and_conv_props(geometry.spacing, patch)
+    design = Design(
+        spatial_dims=dims,
+        in_channels=len(fp["dataset"]["channels"]),
+        out_channels=len(fp["dataset"]["labels"]),
+        strides=topology.strides,
+        patch_size=topology.patch_size,
+        base=width.base,
+        blocks=width.blocks,
+        max_features=MAX_FEATURES[dims],
+        min_edge=FEATUREMAP_MIN_EDGE,
+    )
+    config = spec.network_def(design)
+    stride = total_stride(config)
+    padded = [int(math.ceil(p / s) * s) for p, s in zip(patch, stride, strict=True)]
+    cap = _batch_cap(fp, geometry, padded)
+    slicing = geometry.slice_axis is not None
+    assessment = budget.assess(config, padded, cap, _samples_per_epoch(fp, geometry), slicing)
+    return _Candidate(width, topology, config, padded, cap, assessment)
+
+
+def _search(fp: Mapping[str, Any], spec: NetworkSpec, budget: Budget, geometry: _Geometry) -> _Candidate:
+    """The first candidate that fits: each rung of the budget's ladder at nnU-Net's patch, then the
+    last rung at smaller patches (nnU-Net's reduction) down to the budget's smallest."""
     tried: list[dict[str, Any]] = []
-    ladder = _ladder(target)
-    for rung_index, width in enumerate(ladder):
-        last_rung = rung_index == len(ladder) - 1
+    for rung, width in enumerate(budget.ladder):
         patch = _initial_patch(geometry.spacing, geometry.median_shape)
         while True:
-            topo = get_pool_and_conv_props(geometry.spacing, patch)
-            config = network_config(network, dims, in_channels, out_channels, topo, width)
-            stride = total_stride(config, topo)
-            padded = [int(math.ceil(p / s) * s) for p, s in zip(patch, stride, strict=True)]
-            cap = _batch_cap(fp, geometry, padded, dims)
-            if target == "gpu":
-                step = estimate_step(config, padded, MIN_BATCH_SIZE)
-                need = _gpu_bytes(step, MIN_BATCH_SIZE)
-                fits = need <= budget["bytes"]
-                per_sample = _gpu_bytes(step, MIN_BATCH_SIZE, per_sample=True)
-                fixed = need - MIN_BATCH_SIZE * per_sample
-                batch = int(min(cap, max(MIN_BATCH_SIZE, (budget["bytes"] - fixed) // per_sample)))
-                cost = {"memory_gib": _r(need / 2**30), "memory_budget_gib": _r(budget["bytes"] / 2**30)}
-            else:
-                batch = min(cap, SLICE_BATCH) if geometry.slice_axis is not None else MIN_BATCH_SIZE
-                step = estimate_step(config, padded, batch)
-                seconds = _cpu_seconds(step, budget["gflops"])
-                steps_per_epoch = math.ceil(
-                    n_train * (SLICES_PER_VOLUME if geometry.slice_axis is not None else 1) / batch
-                )
-                limit = budget["seconds"] * CPU_BUDGET_TRAINING_SHARE / (MIN_EPOCHS * steps_per_epoch)
-                fits = seconds <= limit
-                cost = {
-                    "seconds_per_step": _r(seconds),
-                    "seconds_per_step_allowed": _r(limit),
-                    "steps_per_epoch": steps_per_epoch,
-                }
-            attempt = {
-                "width": width.name,
-                "patch_size": padded,
-                "batch_size": batch,
-                "gflop_per_step": _r(step["gflop"]),
-                "parameters": int(step["parameters"]),
-                **cost,
-            }
-            if fits:
-                return {
-                    "width": width,
-                    "topology": topo,
-                    "config": config,
-                    "patch": padded,
-                    "batch": batch,
-                    "batch_cap": cap,
-                    "step": step,
-                    "cost": cost,
-                    "tried": tried,
-                }
-            tried.append(attempt)
-            if not last_rung:
-                break  # on CPU a lighter network is tried before a smaller patch
-            # a GPU patch may shrink to the smallest the network takes; a CPU one keeps half the
-            # median shape (smaller patches lose the context the network needs) and trains fewer epochs
-            smaller = _reduce_patch(
-                patch, geometry, topo.divisor, 0.0 if target == "gpu" else CPU_MIN_COVERAGE
-            )
+            candidate = _candidate(fp, spec, budget, geometry, width, patch)
+            if candidate.assessment.fits:
+                return replace(candidate, tried=tuple(tried))
+            tried.append(candidate.attempt())
+            if rung < len(budget.ladder) - 1:
+                break  # a lighter network is tried before a smaller patch
+            smaller = _reduce_patch(patch, geometry, candidate.topology.divisor, budget.min_coverage)
             if smaller is None:
-                if target == "gpu":
-                    raise ConfigError(
-                        f"no {network} patch fits {budget['bytes'] / 2**30:g} GiB of GPU memory even at the "
-                        "smallest size; choose a lighter --network or plan for a larger GPU"
-                    )
-                return {
-                    "width": width,
-                    "topology": topo,
-                    "config": config,
-                    "patch": padded,
-                    "batch": batch,
-                    "batch_cap": cap,
-                    "step": step,
-                    "cost": cost,
-                    "tried": tried[:-1],
-                    "over_budget": True,
-                }
+                budget.exhausted(spec.name)
+                return replace(candidate, tried=tuple(tried[:-1]), over_budget=True)
             patch = smaller
+    raise AssertionError("a budget's ladder has at least one rung")
+
+
+# -- the rules of the data ---------------------------------------------------------------------------
 
 
 # -- the other rules --------------------------------------------------------------------------------
@@ -695,136 +561,210 @@ def _suitability(
     )
 
 
-# Overrides of what the bundle says rather than how it trains: label names, SEG codes and the
-# metadata's descriptive text (a shipped bundle keeps the names and codes its users rely on).
-INPUT_OVERRIDES = ("labels", "concepts", "metadata")
-# ``{"why": {key: reason}}`` in overrides.json: why a deliberate choice differs from the rule (the
-# reason joins the value's rule, so --explain and the bundle's README say it).
-WHY_KEY = "why"
-METADATA_TEXT_FIELDS = (
-    "name",
-    "task",
-    "description",
-    "data_source",
-    "image_classes",
-    "label_classes",
-    "pred_classes",
-    "references",
-)
+# -- one function per planned value --------------------------------------------------------------------
 
 
-def _split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate the input overrides (:data:`INPUT_OVERRIDES`) from those of planned values."""
-    inputs = {k: v for k, v in overrides.items() if k in INPUT_OVERRIDES}
-    values = {k: v for k, v in overrides.items() if k not in INPUT_OVERRIDES and k != WHY_KEY}
-    return inputs, values
+def _plan_target_spacing(fp: Mapping[str, Any], rgb: bool) -> dict[str, Any]:
+    cases = fp["cases"]
+    spacings = np.array([c["spacing"] for c in cases], dtype=np.float64)
+    shapes = np.array([c["shape"] for c in cases], dtype=np.float64)
+    spacing, rule, data = target_spacing(spacings, shapes)
+    if rgb:
+        rule = "photographs carry no physical spacing: used at their pixel grid (spacing 1)"
+    return _value(spacing, rule, **data)
 
 
-def _override_labels(labels: Mapping[str, str], names: Any) -> dict[str, str]:
-    """Label names from an override: the same label values as dataset.json, other names."""
-    if not isinstance(names, Mapping) or {str(k) for k in names} != set(labels):
+def _plan_slicing(geometry: _Geometry, dims: int) -> dict[str, Any]:
+    data = {"median_shape_at_target_spacing": [_r(s) for s in geometry.median_shape]}
+    if geometry.slice_axis is None:
+        return _value(None, f"the network is {dims}-D like the images: no slicing", **data)
+    return _value(
+        {
+            "slice_axis": geometry.slice_axis,
+            "axes": list(geometry.axes),
+            "slices_per_volume": SLICES_PER_VOLUME,
+        },
+        "a 2-D network on 3-D images sees slices across the coarsest axis (ties: the last, axial in RAS), "
+        "8 random slices per volume and step as in the hippocampus_unet2d recipe",
+        **data,
+    )
+
+
+def _width_note(found: _Candidate) -> str:
+    """Which network width was chosen, and which wider ones did not fit."""
+    lighter = [t["width"] for t in found.tried if t["width"] != found.width.name]
+    note = (
+        f"; the {', '.join(dict.fromkeys(lighter))} network did not fit the budget, so the {found.width.name} one "
+        f"({found.width.note}) was chosen"
+        if lighter
+        else f"; {found.width.note}"
+    )
+    if found.over_budget:
+        note += (
+            "; even so it does not fit: the patch was reduced to half the median image shape and the "
+            "training gets fewer epochs"
+        )
+    return note
+
+
+def _plan_compute(found: _Candidate, budget: Budget) -> dict[str, Any]:
+    return _value(
+        {"target": budget.target, **found.cost},
+        budget.rule() + _width_note(found),
+        **budget.data(),
+        tried=list(found.tried),
+    )
+
+
+def _plan_patch_size(found: _Candidate, geometry: _Geometry) -> dict[str, Any]:
+    reduced = any(t["width"] == found.width.name for t in found.tried)
+    return _value(
+        found.patch,
+        "a 256^3 (2-D: 2048^2) voxel volume shaped by the target spacing, clipped to the median image "
+        "shape, padded to a multiple of the network's total stride (nnU-Net v2)"
+        + (
+            "; reduced along the axis largest relative to the median shape until it fit the budget"
+            if reduced
+            else ""
+        ),
+        median_shape=[_r(s) for s in geometry.median_shape],
+        spacing=geometry.spacing,
+    )
+
+
+def _plan_network(found: _Candidate, spec: NetworkSpec, dims: int) -> dict[str, Any]:
+    topology = found.topology
+    return _value(
+        found.config,
+        f"{spec.name} with {len(topology.strides) + 1} levels: an axis is halved while its feature map keeps >= "
+        f"{2 * FEATUREMAP_MIN_EDGE} voxels and its spacing is within 2x of the finest (nnU-Net's "
+        "get_pool_and_conv_props); widths double per level from the base, at most "
+        f"{MAX_FEATURES[dims]}{_width_note(found)}",
+        pools_per_axis=list(topology.pools_per_axis),
+        strides=[list(s) for s in topology.strides],
+        parameters=int(found.step["parameters"]),
+        gflop_per_step=_r(found.step["gflop"]),
+    )
+
+
+def _plan_batch_size(found: _Candidate, budget: Budget) -> dict[str, Any]:
+    return _value(found.batch, budget.batch_rule(), cap_for_5_percent=found.batch_cap)
+
+
+def _plan_training(
+    found: _Candidate, budget: Budget, spec: NetworkSpec, fp: Mapping[str, Any], geometry: _Geometry
+) -> dict[str, Any]:
+    steps_per_epoch = math.ceil(_samples_per_epoch(fp, geometry) / found.batch)
+    epochs, epochs_rule = budget.epochs(found.cost, steps_per_epoch)
+    dims = len(geometry.axes)
+    return _value(
+        {
+            "test_fold": TEST_FOLD,
+            "val_fold": VAL_FOLD,
+            "train_folds": list(TRAIN_FOLDS),
+            "max_epochs": epochs,
+            "optimizer": "AdamW",
+            "learning_rate": LEARNING_RATE,
+            "weight_decay": WEIGHT_DECAY,
+            "schedule": "cosine",
+            "warmup_epochs": 0,
+            "ema_decay": EMA_DECAY,
+            "model_selection": "final EMA weights",
+            "channels_last": budget.channels_last and spec.channels_last(dims),
+            "track_meta_in_training": False,
+        },
+        f"{epochs_rule}; the hippocampus recipe's optimiser (AdamW {LEARNING_RATE:g} from the first step, cosine "
+        f"decay, weight EMA up to {EMA_DECAY}); test-fold rule: fold 0 of the fixed split is the test fold, the "
+        "network trains on folds 2-4 on a fixed schedule, is monitored on fold 1 and keeps its final EMA weights, "
+        "so no decision looks at fold 0 (the hand-made recipe chose its best epoch on fold 0, which biases its "
+        "figure)",
+        train_cases=_train_cases(len(fp["cases"])),
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def _plan_augmentation(found: _Candidate, mirror: Mapping[str, Any], dims: int, rgb: bool) -> dict[str, Any]:
+    anisotropic = max(found.patch) / min(found.patch) > ANISOTROPY_THRESHOLD
+    rotate = math.pi if rgb else 0.26
+    return _value(
+        {
+            "mirror_axes": mirror["value"],
+            "affine_prob": 0.3,
+            "rotate_range": [rotate] if (dims == 2 or anisotropic) else [rotate] * 3,
+            "rotate_in_plane_only": bool(anisotropic and dims == 3),
+            "scale_range": 0.1,
+            "intensity_scale": 0.1,
+            "intensity_shift": 0.1,
+        },
+        "mirroring: "
+        + mirror["rule"]
+        + "; random affine with p 0.3, rotations up to 15 degrees (photographs: "
+        "any angle; anisotropic patches: in-plane only, as nnU-Net's dummy 2-D augmentation) and scaling 10%, "
+        "intensity scale and shift 10% (the hippocampus recipe; nnU-Net uses p 0.2, scaling 0.7-1.4)",
+        **mirror["data"],
+    )
+
+
+def _plan_inference(found: _Candidate, geometry: _Geometry) -> dict[str, Any]:
+    return _value(
+        {
+            "roi_size": found.patch,
+            "overlap": 0.5,
+            "mode": "gaussian",
+            "sw_batch_size": 4 if geometry.slice_axis is None else 64,
+        },
+        "sliding window of the training patch, half overlapping, gaussian-weighted (nnU-Net's step 0.5); "
+        "4 windows per call, 64 slices per call for a 2-D network on volumes (MONAI's SliceInferer)",
+    )
+
+
+# -- the orchestrator -------------------------------------------------------------------------------------
+
+
+def _planned_dims(dataset: Mapping[str, Any], dims: int | None) -> int:
+    data_dims = int(dataset["spatial_dims"])
+    dims = data_dims if dims is None else int(dims)
+    if dims not in (2, 3) or dims > data_dims:
         raise ConfigError(
-            f"override 'labels' must name every label value of dataset.json ({', '.join(labels)}) and no other"
+            f"--dims {dims} does not fit a {data_dims}-D dataset; choose --dims {data_dims} or 2"
         )
-    return {str(k): str(names[str(k)] if str(k) in names else names[k]) for k in labels}
+    return dims
 
 
-def _metadata_text(fields: Any) -> dict[str, Any]:
-    """Descriptive metadata.json fields from an override (see :data:`METADATA_TEXT_FIELDS`)."""
-    if not isinstance(fields, Mapping) or not set(fields) <= set(METADATA_TEXT_FIELDS):
-        raise ConfigError(
-            f"override 'metadata' may set only {', '.join(METADATA_TEXT_FIELDS)} of metadata.json"
-        )
-    return dict(fields)
+def _is_rgb(dataset: Mapping[str, Any]) -> bool:
+    names = tuple(v.strip().lower() for v in dataset["channels"].values())
+    return int(dataset["spatial_dims"]) == 2 and names in (("r", "g", "b"), ("red", "green", "blue"))
 
 
-def apply_overrides(
-    values: dict[str, dict[str, Any]], overrides: Mapping[str, Any], why: Mapping[str, str] | None = None
-) -> None:
-    """Replace planned values by recorded overrides, keeping what the rules planned in ``data``.
-
-    A key names a planned value (``"batch_size"``) or a field inside one (``"augmentation.mirror_axes"``);
-    each overridden value's rule says so, and its ``data.planned`` keeps the rule-based value and rule.
-
-    Args:
-        values: the planned values, replaced in place.
-        overrides: ``{key: replacement}``.
-        why: ``{key: reason}`` for some of the keys; the reason becomes part of the value's rule.
-    """
-    import copy
-
-    why = dict(why or {})
-    unknown = sorted(set(why) - set(overrides) - set(INPUT_OVERRIDES))  # input overrides: reasons on file
-    if unknown:
-        raise ConfigError(f"overrides 'why' explains {unknown[0]!r}, which is not overridden; remove it")
-    for key, replacement in overrides.items():
-        name, _, field = key.partition(".")
-        if name not in values:
-            raise ConfigError(
-                f"override {key!r} names no planned value; choose one of {', '.join(values)} "
-                f"(or {', '.join(INPUT_OVERRIDES)})"
-            )
-        entry = values[name]
-        planned = entry["data"].get("planned") or {
-            "value": copy.deepcopy(entry["value"]),
-            "rule": entry["rule"],
-        }
-        value = copy.deepcopy(entry["value"])
-        if field:
-            target = value
-            *path, last = field.split(".")
-            for part in path:
-                target = target[part] if isinstance(target, dict) and part in target else None
-                if target is None:
-                    break
-            if not isinstance(target, dict) or last not in target:
-                raise ConfigError(f"override {key!r}: {name} has no field {field!r}")
-            target[last] = replacement
-        else:
-            value = replacement
-        overridden = sorted(set(entry["data"].get("overridden", [])) | {key})
-        reasons = dict(entry["data"].get("why", {}))
-        if key in why:
-            reasons[key] = str(why[key])
-        because = "".join(f" ({k}: {reasons[k]})" for k in overridden if k in reasons)
-        values[name] = _value(
-            value,
-            f"override recorded in the bundle's plans/overrides.json ({', '.join(overridden)}): a deliberate "
-            f"choice that differs from the rule{because}; the rule: {planned['rule']}",
-            planned=planned,
-            overridden=overridden,
-            **({"why": reasons} if reasons else {}),
-        )
-
-
-def _concepts(concepts: Mapping[str, Any] | None, labels: Mapping[str, str]) -> dict[str, Any] | None:
-    """Check SEG codes given per label value (``{"1": {"category": [...], "type": [...]}}``)."""
-    if not concepts:
-        return None
-    if not isinstance(concepts, Mapping):
-        raise ConfigError("concepts must be an object of {label value: {category, type, modifiers, color}}")
-    foreground = {k for k in labels if k != "0"}
-    checked = {}
-    for key, code in concepts.items():
-        if str(key) not in foreground:
-            raise ConfigError(
-                f"concepts name label {key!r}, which is not a foreground label ({', '.join(sorted(foreground))})"
-            )
-        if not isinstance(code, Mapping) or "type" not in code:
-            raise ConfigError(f"concepts of label {key} need at least a 'type' code [value, scheme, meaning]")
-        checked[str(key)] = dict(code)
-    return dict(sorted(checked.items(), key=lambda kv: int(kv[0])))
-
-
-def _train_cases(num_cases: int) -> int:
-    """Cases in the training folds of the fixed split (sorted ids, index % 5)."""
-    return sum(1 for index in range(num_cases) if index % NUM_FOLDS in TRAIN_FOLDS)
-
-
-def _cpu_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def _inputs(
+    fp: Mapping[str, Any],
+    spec: NetworkSpec,
+    dims: int,
+    budget: Budget,
+    name: str | None,
+    dataset_folder: str | None,
+    concepts: Mapping[str, Any] | None,
+    input_overrides: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What the plan was made from, with the input overrides (label names, codes, metadata) applied."""
+    dataset = fp["dataset"]
+    labels = dict(dataset["labels"])
+    if "labels" in input_overrides:
+        labels = override_labels(labels, input_overrides["labels"])
+    if "concepts" in input_overrides:
+        concepts = input_overrides["concepts"]
+    default_name = "".join(c if c.isalnum() else "_" for c in dataset["name"].lower()).strip("_")
+    return {
+        "name": name or f"{default_name.split('__')[0]}_{spec.name}{dims}d",
+        "network": spec.name,
+        "dims": dims,
+        "target": budget.target,
+        "dataset_folder": dataset_folder,
+        "dataset": {k: dataset[k] for k in _DATASET_FIELDS} | {"labels": labels},
+        "concepts": check_concepts(concepts if concepts is not None else dataset.get("concepts"), labels),
+        "metadata": metadata_text(input_overrides.get("metadata", {})),
+        "versions": installed_versions(),
+    }
 
 
 def make_plan(
@@ -844,9 +784,9 @@ def make_plan(
 
     Args:
         fingerprint: from :func:`medseg.plan.fingerprint.extract_fingerprint`.
-        network: one of :data:`NETWORK_NAMES`.
+        network: one of :data:`NETWORK_NAMES` (the registry's networks).
         dims: 3 or 2 (default: the dataset's); 2 on a 3-D dataset plans a slice network.
-        target: ``"cpu"`` (plan for a wall-clock budget) or ``"gpu"`` (plan for memory).
+        target: one of :data:`TARGETS`: ``"cpu"`` (plan for a wall-clock budget) or ``"gpu"`` (for memory).
         name: the bundle's name (default: derived from the dataset's name and the network).
         max_minutes: the CPU training budget (wall clock, whole training).
         gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8).
@@ -859,255 +799,49 @@ def make_plan(
             dataset.json; labels without codes are looked up by name when segmenting).
 
     Returns:
-        ``{"plan_version", "inputs", "values": {name: {"value", "rule", "data"}}}``.
+        ``{"plan_version", "medseg_version", "inputs", "values": {name: {"value", "rule", "data"}}}``.
 
     Raises:
         ConfigError: an unknown network or target, 3-D on a 2-D dataset, or no configuration fits.
     """
-    network = network.lower().replace("-", "").replace("_", "")
-    if network not in NETWORK_NAMES:
-        raise ConfigError(f"unknown network {network!r}; choose one of {', '.join(NETWORK_NAMES)}")
-    if target not in TARGETS:
-        raise ConfigError(f"unknown target {target!r}; choose cpu or gpu")
-    dataset = fingerprint["dataset"]
-    data_dims = int(dataset["spatial_dims"])
-    dims = data_dims if dims is None else int(dims)
-    if dims not in (2, 3) or dims > data_dims:
-        raise ConfigError(
-            f"--dims {dims} does not fit a {data_dims}-D dataset; choose --dims {data_dims} or 2"
-        )
-    if max_minutes <= 0 or gpu_memory_gb <= 0:
-        raise ConfigError("the compute budget must be positive")
-    channel_names = [v.strip().lower() for v in dataset["channels"].values()]
-    rgb = data_dims == 2 and tuple(channel_names) in (("r", "g", "b"), ("red", "green", "blue"))
-    cases = fingerprint["cases"]
-    spacings = np.array([c["spacing"] for c in cases], dtype=np.float64)
-    shapes = np.array([c["shape"] for c in cases], dtype=np.float64)
-
-    values: dict[str, dict[str, Any]] = {}
-    spacing, rule, data = target_spacing(spacings, shapes)
-    if rgb:
-        rule = "photographs carry no physical spacing: used at their pixel grid (spacing 1)"
-    values["target_spacing"] = _value(spacing, rule, **data)
-    geometry = _geometry(fingerprint, dims, spacing)
-    values["slicing"] = _value(
-        {
-            "slice_axis": geometry.slice_axis,
-            "axes": list(geometry.axes),
-            "slices_per_volume": SLICES_PER_VOLUME,
-        }
-        if geometry.slice_axis is not None
-        else None,
-        "a 2-D network on 3-D images sees slices across the coarsest axis (ties: the last, axial in RAS), "
-        "8 random slices per volume and step as in the hippocampus_unet2d recipe"
-        if geometry.slice_axis is not None
-        else f"the network is {dims}-D like the images: no slicing",
-        median_shape_at_target_spacing=[_r(s) for s in geometry.median_shape],
-    )
-    values["normalization"] = _normalization(fingerprint, rgb)
-
-    cores = _cpu_cores() if cpu_cores is None else int(cpu_cores)
-    gflops = REFERENCE_CPU_GFLOPS * cores / REFERENCE_CPU_CORES
-    budget = {"seconds": 60.0 * max_minutes, "gflops": gflops, "bytes": gpu_memory_gb * 2**30}
-    found = _search(fingerprint, network, dims, target, geometry, budget)
-    width: Width = found["width"]
-    topo: Topology = found["topology"]
-    lighter = [t["width"] for t in found["tried"] if t["width"] != width.name]
-    lighter_note = (
-        f"; the {', '.join(dict.fromkeys(lighter))} network did not fit the budget, so the {width.name} one "
-        f"({width.note}) was chosen"
-        if lighter
-        else f"; {width.note}"
-    )
-    if target == "gpu":
-        budget_rule = (
-            f"GPU memory: a training step of batch {MIN_BATCH_SIZE} must fit {gpu_memory_gb:g} GB (nnU-Net's 8 GB "
-            "reference); estimate = tensors autograd saves (counted on the meta device, float32) + 16 bytes per "
-            "parameter (weights, gradients, AdamW moments) + 1 GiB CUDA context and workspaces"
-        )
-    else:
-        budget_rule = (
-            f"CPU time: {MIN_EPOCHS} epochs (where the hippocampus recipe's validation Dice peaked) must fit "
-            f"{CPU_BUDGET_TRAINING_SHARE:.0%} of {max_minutes:g} minutes; a step takes FLOPs / {gflops:g} GFLOP/s "
-            f"+ {CPU_STEP_OVERHEAD_S * 1000:g} ms ({REFERENCE_CPU_GFLOPS:g} GFLOP/s on {REFERENCE_CPU_CORES} cores, "
-            "calibrated on the measured hippocampus_unet3d step, scaled by the cores)"
-        )
-    if found.get("over_budget"):
-        lighter_note += (
-            "; even so it does not fit: the patch was reduced to half the median image shape and the "
-            "training gets fewer epochs"
-        )
-    values["compute"] = _value(
-        {"target": target, **found["cost"]},
-        budget_rule + lighter_note,
-        cores=cores,
-        gflops=gflops,
-        max_minutes=max_minutes,
-        gpu_memory_gb=gpu_memory_gb,
-        tried=found["tried"],
-    )
-    values["patch_size"] = _value(
-        found["patch"],
-        "a 256^3 (2-D: 2048^2) voxel volume shaped by the target spacing, clipped to the median image "
-        "shape, padded to a multiple of the network's total stride (nnU-Net v2)"
-        + (
-            "; reduced along the axis largest relative to the median shape until it fit the budget"
-            if any(t["width"] == width.name for t in found["tried"])
-            else ""
-        ),
-        median_shape=[_r(s) for s in geometry.median_shape],
-        spacing=geometry.spacing,
-    )
-    values["network"] = _value(
-        found["config"],
-        f"{network} with {len(topo.strides) + 1} levels: an axis is halved while its feature map keeps >= "
-        f"{2 * FEATUREMAP_MIN_EDGE} voxels and its spacing is within 2x of the finest (nnU-Net's "
-        "get_pool_and_conv_props); widths double per level from the base, at most "
-        f"{MAX_FEATURES[dims]}{lighter_note}",
-        pools_per_axis=list(topo.pools_per_axis),
-        strides=[list(s) for s in topo.strides],
-        parameters=int(found["step"]["parameters"]),
-        gflop_per_step=_r(found["step"]["gflop"]),
-    )
-    values["batch_size"] = _value(
-        found["batch"],
-        (
-            f"as many samples as fit the memory budget, at least {MIN_BATCH_SIZE}, at most "
-            f"{MAX_DATASET_FRACTION_PER_BATCH:.0%} of the dataset's voxels per batch (nnU-Net v2)"
-            if target == "gpu"
-            else f"CPU: {MIN_BATCH_SIZE} (a CPU step costs in proportion to the batch, so more, smaller steps "
-            "converge faster per second; nnU-Net's minimum), 32 slices for a 2-D network on volumes; at "
-            f"most {MAX_DATASET_FRACTION_PER_BATCH:.0%} of the dataset's voxels per batch"
-        ),
-        cap_for_5_percent=found["batch_cap"],
-    )
-    n_train = _train_cases(len(cases))
-    per_epoch = math.ceil(
-        n_train * (SLICES_PER_VOLUME if geometry.slice_axis is not None else 1) / found["batch"]
-    )
-    if target == "cpu":
-        step_s = float(found["cost"]["seconds_per_step"])
-        epochs = max(1, int(budget["seconds"] * CPU_BUDGET_TRAINING_SHARE / (step_s * per_epoch)))
-        epochs_rule = (
-            f"as many epochs as fit {CPU_BUDGET_TRAINING_SHARE:.0%} of the {max_minutes:g}-minute budget"
-        )
-        if epochs < MIN_EPOCHS:
-            epochs_rule += (
-                f" (fewer than the {MIN_EPOCHS} a CPU plan aims for: even the lightest network at half the median "
-                "image shape is too slow for this budget; raise --max-minutes for a better model)"
-            )
-    else:
-        epochs = max(MIN_EPOCHS, math.ceil(GPU_TRAINING_STEPS / per_epoch))
-        epochs_rule = f"nnU-Net's {GPU_TRAINING_STEPS} training steps (1000 epochs of 250)"
-    values["training"] = _value(
-        {
-            "test_fold": TEST_FOLD,
-            "val_fold": VAL_FOLD,
-            "train_folds": list(TRAIN_FOLDS),
-            "max_epochs": epochs,
-            "optimizer": "AdamW",
-            "learning_rate": LEARNING_RATE,
-            "weight_decay": WEIGHT_DECAY,
-            "schedule": "cosine",
-            "warmup_epochs": 0,
-            "ema_decay": EMA_DECAY,
-            "model_selection": "final EMA weights",
-            "channels_last": target == "cpu" and network == "unet" and dims == 3,
-            "track_meta_in_training": False,
-        },
-        f"{epochs_rule}; the hippocampus recipe's optimiser (AdamW {LEARNING_RATE:g} from the first step, cosine "
-        f"decay, weight EMA up to {EMA_DECAY}); test-fold rule: fold 0 of the fixed split is the test fold, the "
-        "network trains on folds 2-4 on a fixed schedule, is monitored on fold 1 and keeps its final EMA weights, "
-        "so no decision looks at fold 0 (the hand-made recipe chose its best epoch on fold 0, which biases its "
-        "figure)",
-        train_cases=n_train,
-        steps_per_epoch=per_epoch,
-    )
-    values["loss"] = _loss(fingerprint, len(dataset["labels"]))
-    mirror = _mirror_axes(fingerprint, geometry, rgb)
-    anisotropic = max(found["patch"]) / min(found["patch"]) > ANISOTROPY_THRESHOLD
-    rotate = math.pi if rgb else 0.26
-    values["augmentation"] = _value(
-        {
-            "mirror_axes": mirror["value"],
-            "affine_prob": 0.3,
-            "rotate_range": [rotate] if (dims == 2 or anisotropic) else [rotate] * 3,
-            "rotate_in_plane_only": bool(anisotropic and dims == 3),
-            "scale_range": 0.1,
-            "intensity_scale": 0.1,
-            "intensity_shift": 0.1,
-        },
-        "mirroring: "
-        + mirror["rule"]
-        + "; random affine with p 0.3, rotations up to 15 degrees (photographs: "
-        "any angle; anisotropic patches: in-plane only, as nnU-Net's dummy 2-D augmentation) and scaling 10%, "
-        "intensity scale and shift 10% (the hippocampus recipe; nnU-Net uses p 0.2, scaling 0.7-1.4)",
-        **mirror["data"],
-    )
-    values["inference"] = _value(
-        {
-            "roi_size": found["patch"],
-            "overlap": 0.5,
-            "mode": "gaussian",
-            "sw_batch_size": 4 if geometry.slice_axis is None else 64,
-        },
-        "sliding window of the training patch, half overlapping, gaussian-weighted (nnU-Net's step 0.5); "
-        "4 windows per call, 64 slices per call for a 2-D network on volumes (MONAI's SliceInferer)",
-    )
-    values["suitability"] = _suitability(fingerprint, spacing, mirror["value"], rgb)
-    input_overrides, value_overrides = _split_overrides(overrides or {})
-    apply_overrides(values, value_overrides, (overrides or {}).get(WHY_KEY))
-    labels = dict(dataset["labels"])
-    if "labels" in input_overrides:
-        labels = _override_labels(labels, input_overrides["labels"])
-    if "concepts" in input_overrides:
-        concepts = input_overrides["concepts"]
     from medseg import __version__
 
-    default_name = "".join(c if c.isalnum() else "_" for c in dataset["name"].lower()).strip("_")
-    return {
-        "plan_version": PLAN_VERSION,
-        "medseg_version": __version__,
-        "inputs": {
-            "name": name or f"{default_name.split('__')[0]}_{network}{dims}d",
-            "network": network,
-            "dims": dims,
-            "target": target,
-            "dataset_folder": dataset_folder,
-            "dataset": {
-                k: dataset[k]
-                for k in (
-                    "name",
-                    "layout",
-                    "spatial_dims",
-                    "channels",
-                    "file_ending",
-                    "num_cases",
-                    "licence",
-                    "reference",
-                    "description",
-                )
-            }
-            | {"labels": labels},
-            "concepts": _concepts(concepts if concepts is not None else dataset.get("concepts"), labels),
-            "metadata": _metadata_text(input_overrides.get("metadata", {})),
-            "versions": installed_versions(),
-        },
-        "values": values,
-    }
+    spec = network_spec(network)
+    budget = make_budget(target, max_minutes, gpu_memory_gb, cpu_cores)
+    dataset = fingerprint["dataset"]
+    dims = _planned_dims(dataset, dims)
+    rgb = _is_rgb(dataset)
+
+    values: dict[str, dict[str, Any]] = {"target_spacing": _plan_target_spacing(fingerprint, rgb)}
+    geometry = _geometry(fingerprint, dims, values["target_spacing"]["value"])
+    values["slicing"] = _plan_slicing(geometry, dims)
+    values["normalization"] = _normalization(fingerprint, rgb)
+    found = _search(fingerprint, spec, budget, geometry)
+    values["compute"] = _plan_compute(found, budget)
+    values["patch_size"] = _plan_patch_size(found, geometry)
+    values["network"] = _plan_network(found, spec, dims)
+    values["batch_size"] = _plan_batch_size(found, budget)
+    values["training"] = _plan_training(found, budget, spec, fingerprint, geometry)
+    values["loss"] = _loss(fingerprint, len(dataset["labels"]))
+    mirror = _mirror_axes(fingerprint, geometry, rgb)
+    values["augmentation"] = _plan_augmentation(found, mirror, dims, rgb)
+    values["inference"] = _plan_inference(found, geometry)
+    values["suitability"] = _suitability(fingerprint, values["target_spacing"]["value"], mirror["value"], rgb)
+
+    input_overrides, value_overrides = split_overrides(overrides or {})
+    apply_overrides(values, value_overrides, (overrides or {}).get(WHY_KEY))
+    inputs = _inputs(fingerprint, spec, dims, budget, name, dataset_folder, concepts, input_overrides)
+    return {"plan_version": PLAN_VERSION, "medseg_version": __version__, "inputs": inputs, "values": values}
 
 
-def explain(plan: Mapping[str, Any]) -> str:
+def explain(plan: Plan | Mapping[str, Any]) -> str:
     """Each planned value with its rule and the data behind it, as text for ``--explain``."""
-    import json
-
-    lines = [
-        f"plan for {plan['inputs']['name']} ({plan['inputs']['network']}, {plan['inputs']['dims']}-D, "
-        f"{plan['inputs']['target']})"
-    ]
-    for key, entry in plan["values"].items():
-        lines.append(f"{key}: {json.dumps(entry['value'])}")
-        lines.append(f"    rule: {entry['rule']}")
-        if entry.get("data"):
-            lines.append(f"    data: {json.dumps(entry['data'])}")
+    plan = Plan.of(plan)
+    inputs = plan.inputs
+    lines = [f"plan for {inputs['name']} ({inputs['network']}, {inputs['dims']}-D, {inputs['target']})"]
+    for key, value in plan.values.items():
+        lines.append(f"{key}: {json.dumps(value)}")
+        lines.append(f"    rule: {plan.rule(key)}")
+        if plan.data(key):
+            lines.append(f"    data: {json.dumps(plan.data(key))}")
     return "\n".join(lines)

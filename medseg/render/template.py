@@ -927,9 +927,9 @@ class BundleTemplate:
         """``docs/README.md``: data, protocol, every planned value with its rule, results, commands."""
         ds = self.dataset
         rows = []
-        for key, entry in self.plan.entries.items():
-            value = json.dumps(entry["value"]).replace("|", "\\|")
-            rule = entry["rule"].replace("|", "\\|")
+        for key in self.plan.entries:
+            value = json.dumps(self.plan[key]).replace("|", "\\|")
+            rule = self.plan.rule(key).replace("|", "\\|")
             rows.append(f"| `{key}` | `{value}` | {rule} |")
         t = self.training
         name = self.inputs["name"]

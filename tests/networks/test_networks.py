@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from medseg import networks
+from medseg.errors import ConfigError
 from medseg.networks import blocks
 from medseg.networks.base import crop_padding, pad_to_multiple
 from medseg.networks.segnet import MaxUnpool
@@ -182,7 +183,7 @@ def test_registry() -> None:
         assert type(net) is cls
         assert net(torch.randn(1, 2, 24, 20)).shape == (1, 4, 24, 20)
     assert isinstance(networks.create("DeepLabV3-Plus", 2, **SMALL["deeplabv3plus"]), networks.DeepLabV3Plus)
-    with pytest.raises(ValueError, match="unknown network"):
+    with pytest.raises(ConfigError, match="unknown network"):
         networks.create("resnet")
 
 

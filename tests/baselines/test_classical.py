@@ -1,4 +1,4 @@
-"""Classical baselines on a real hippocampus case: contract (shape, dtype, labels, type), determinism."""
+"""Classical baselines (medseg.baselines.classical) on a real hippocampus case: contract (shape, dtype, labels, type), determinism."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medseg import classical
+from medseg.baselines import classical
 
 pytestmark = pytest.mark.needs_data
 

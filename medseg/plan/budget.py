@@ -1,0 +1,353 @@
+"""What a plan must fit: CPU time or GPU memory, one strategy class per kind of budget.
+
+The planner searches the same ladder of networks and patches for every budget; what differs is how
+a candidate is judged (a CPU step must be fast enough for the epochs a wall-clock budget needs, a
+GPU step must fit the memory), which networks are tried, how small a patch may get, how many
+epochs are planned and how the rule reads. Each :class:`Budget` subclass answers those questions,
+as nnU-Net's ``ExperimentPlanner`` subclasses change a planner's presets, so a new kind of budget
+is one new class (it registers itself under its ``target`` name for ``medseg plan --target``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from medseg.errors import ConfigError
+from medseg.plan.cost import estimate_step
+from medseg.plan.values import rounded as _r
+
+__all__ = [
+    "BUDGETS",
+    "CPU_BUDGET_TRAINING_SHARE",
+    "DEFAULT_CPU_MINUTES",
+    "MAX_DATASET_FRACTION_PER_BATCH",
+    "MIN_BATCH_SIZE",
+    "MIN_EPOCHS",
+    "REFERENCE_CPU_CORES",
+    "REFERENCE_CPU_GFLOPS",
+    "REFERENCE_GPU_MEMORY_GB",
+    "Assessment",
+    "Budget",
+    "CpuBudget",
+    "GpuBudget",
+    "Width",
+    "cpu_cores",
+    "make_budget",
+]
+
+MIN_BATCH_SIZE = 2
+# nnU-Net v2: a batch holds at most 5 % of the dataset's voxels.
+MAX_DATASET_FRACTION_PER_BATCH = 0.05
+REFERENCE_GPU_MEMORY_GB = 8.0
+GPU_RESERVED_BYTES = 1 << 30
+GPU_BASE_FEATURES = 32
+# nnU-Net trains 1000 epochs of 250 steps; a GPU plan keeps that number of steps.
+GPU_TRAINING_STEPS = 250_000
+
+# CPU cost model, calibrated on the measured hippocampus_unet3d recipe: its step (16-128 channels,
+# one residual unit, 40 x 56 x 40, batch 2: 4.07 GFLOP forward + backward) takes about 50 ms on two
+# cores (5.7 s per epoch of 104 steps with validation), i.e. about 100 GFLOP/s plus 10 ms of
+# data augmentation, optimizer and EMA per step. Throughput is assumed to scale with the cores.
+REFERENCE_CPU_GFLOPS = 100.0
+REFERENCE_CPU_CORES = 2
+CPU_STEP_OVERHEAD_S = 0.010
+DEFAULT_CPU_MINUTES = 15.0
+# The recipe's validation Dice was 0.857 after 5 epochs, 0.88 after 25 and peaked at 60: a CPU plan
+# must afford 60 epochs within the budget; 10 % of the budget goes to caching and validation.
+MIN_EPOCHS = 60
+CPU_BUDGET_TRAINING_SHARE = 0.9
+# A CPU patch keeps at least half the median image shape along each axis.
+CPU_MIN_COVERAGE = 0.5
+# A 2-D network on volumes (hippocampus_unet2d's recipe): 32 slices per step.
+SLICE_BATCH = 32
+
+BUDGETS: dict[str, type[Budget]] = {}
+
+
+@dataclass(frozen=True)
+class Width:
+    """One rung of the network ladder: base width and blocks per level."""
+
+    name: str
+    base: int
+    blocks: int
+    note: str
+
+
+NNUNET_WIDTH = Width(
+    "nnU-Net width", GPU_BASE_FEATURES, 2, "nnU-Net's 32 base features, two blocks per level"
+)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """How one candidate (network, patch) fares against the budget.
+
+    Attributes:
+        fits: whether it fits.
+        batch: the batch size it would train with.
+        step: its training step's cost (:func:`medseg.plan.cost.estimate_step`).
+        cost: what the plan records about it (seconds or memory against the budget).
+    """
+
+    fits: bool
+    batch: int
+    step: Mapping[str, float]
+    cost: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A compute budget; the recorded inputs are the same for every kind.
+
+    Args:
+        max_minutes: the CPU training budget (wall clock, whole training).
+        gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8).
+        cores: CPU cores the training will use.
+    """
+
+    target: ClassVar[str]
+    max_minutes: float = DEFAULT_CPU_MINUTES
+    gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB
+    cores: int = REFERENCE_CPU_CORES
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BUDGETS[cls.target] = cls
+
+    def __post_init__(self) -> None:
+        if self.max_minutes <= 0 or self.gpu_memory_gb <= 0:
+            raise ConfigError("the compute budget must be positive")
+
+    @property
+    def gflops(self) -> float:
+        """The CPU throughput assumed for the cores (GFLOP/s)."""
+        return REFERENCE_CPU_GFLOPS * self.cores / REFERENCE_CPU_CORES
+
+    @property
+    def seconds(self) -> float:
+        return 60.0 * self.max_minutes
+
+    @property
+    def bytes(self) -> float:
+        return self.gpu_memory_gb * 2**30
+
+    def data(self) -> dict[str, Any]:
+        """The budget's inputs as the plan records them."""
+        return {
+            "cores": self.cores,
+            "gflops": self.gflops,
+            "max_minutes": self.max_minutes,
+            "gpu_memory_gb": self.gpu_memory_gb,
+        }
+
+    # -- what each kind decides -------------------------------------------------------------------
+
+    ladder: ClassVar[tuple[Width, ...]]
+    """The networks tried, widest first; the last one may shrink its patch."""
+    min_coverage: ClassVar[float]
+    """The smallest patch, as a share of the median image shape along each axis."""
+    channels_last: ClassVar[bool]
+    """Whether networks that run faster channels-last on this hardware train so."""
+
+    def assess(
+        self,
+        config: Mapping[str, Any],
+        patch: list[int],
+        batch_cap: int,
+        samples_per_epoch: int,
+        slicing: bool,
+    ) -> Assessment:
+        """Judge a network (``network_def``) at a padded patch against the budget.
+
+        Args:
+            config: the ``network_def``.
+            patch: the padded training patch.
+            batch_cap: the most samples per batch (5 % of the dataset's voxels).
+            samples_per_epoch: samples an epoch draws (training cases, times slices per volume).
+            slicing: a 2-D network on volumes.
+        """
+        raise NotImplementedError
+
+    def exhausted(self, network: str) -> None:
+        """Called when even the smallest patch of the last rung does not fit: raise, or return to
+        accept it over budget."""
+        raise NotImplementedError
+
+    def rule(self) -> str:
+        """The compute rule, in words."""
+        raise NotImplementedError
+
+    def batch_rule(self) -> str:
+        """The batch-size rule, in words."""
+        raise NotImplementedError
+
+    def epochs(self, cost: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, str]:
+        """The planned epochs and their rule."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CpuBudget(Budget):
+    """Time: ``MIN_EPOCHS`` epochs must fit the wall-clock budget, a step's time estimated from its
+    FLOPs. Lighter networks are tried before a smaller patch; a patch keeps half the median shape."""
+
+    target: ClassVar[str] = "cpu"
+    ladder: ClassVar[tuple[Width, ...]] = (
+        NNUNET_WIDTH,
+        Width(
+            "light",
+            16,
+            1,
+            "16 base features, one residual unit per level: the measured CPU recipe of hippocampus_unet3d "
+            "(fold-0 Dice 0.885 in 15 minutes on 2 cores; a 4.7 M-parameter network did no better)",
+        ),
+        Width("lighter", 8, 1, "8 base features, one residual unit per level"),
+    )
+    min_coverage: ClassVar[float] = CPU_MIN_COVERAGE
+    channels_last: ClassVar[bool] = True
+
+    def step_seconds(self, step: Mapping[str, float]) -> float:
+        """A step's time: its FLOPs at the assumed throughput, plus the per-step overhead."""
+        return step["gflop"] / self.gflops + CPU_STEP_OVERHEAD_S
+
+    def assess(
+        self,
+        config: Mapping[str, Any],
+        patch: list[int],
+        batch_cap: int,
+        samples_per_epoch: int,
+        slicing: bool,
+    ) -> Assessment:
+        batch = min(batch_cap, SLICE_BATCH) if slicing else MIN_BATCH_SIZE
+        step = estimate_step(config, patch, batch)
+        seconds = self.step_seconds(step)
+        steps_per_epoch = math.ceil(samples_per_epoch / batch)
+        limit = self.seconds * CPU_BUDGET_TRAINING_SHARE / (MIN_EPOCHS * steps_per_epoch)
+        cost = {
+            "seconds_per_step": _r(seconds),
+            "seconds_per_step_allowed": _r(limit),
+            "steps_per_epoch": steps_per_epoch,
+        }
+        return Assessment(seconds <= limit, batch, step, cost)
+
+    def exhausted(self, network: str) -> None:
+        return None  # train the smallest patch for fewer epochs
+
+    def rule(self) -> str:
+        return (
+            f"CPU time: {MIN_EPOCHS} epochs (where the hippocampus recipe's validation Dice peaked) must fit "
+            f"{CPU_BUDGET_TRAINING_SHARE:.0%} of {self.max_minutes:g} minutes; a step takes FLOPs / "
+            f"{self.gflops:g} GFLOP/s + {CPU_STEP_OVERHEAD_S * 1000:g} ms ({REFERENCE_CPU_GFLOPS:g} GFLOP/s on "
+            f"{REFERENCE_CPU_CORES} cores, calibrated on the measured hippocampus_unet3d step, scaled by the cores)"
+        )
+
+    def batch_rule(self) -> str:
+        return (
+            f"CPU: {MIN_BATCH_SIZE} (a CPU step costs in proportion to the batch, so more, smaller steps "
+            "converge faster per second; nnU-Net's minimum), 32 slices for a 2-D network on volumes; at "
+            f"most {MAX_DATASET_FRACTION_PER_BATCH:.0%} of the dataset's voxels per batch"
+        )
+
+    def epochs(self, cost: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, str]:
+        step_s = float(cost["seconds_per_step"])
+        epochs = max(1, int(self.seconds * CPU_BUDGET_TRAINING_SHARE / (step_s * steps_per_epoch)))
+        rule = (
+            f"as many epochs as fit {CPU_BUDGET_TRAINING_SHARE:.0%} of the {self.max_minutes:g}-minute budget"
+        )
+        if epochs < MIN_EPOCHS:
+            rule += (
+                f" (fewer than the {MIN_EPOCHS} a CPU plan aims for: even the lightest network at half the median "
+                "image shape is too slow for this budget; raise --max-minutes for a better model)"
+            )
+        return epochs, rule
+
+
+@dataclass(frozen=True)
+class GpuBudget(Budget):
+    """Memory: a step of batch ``MIN_BATCH_SIZE`` must fit the GPU (nnU-Net's 8 GB reference); the
+    batch then grows into the memory left. nnU-Net's width only; the patch may shrink to any size."""
+
+    target: ClassVar[str] = "gpu"
+    ladder: ClassVar[tuple[Width, ...]] = (NNUNET_WIDTH,)
+    min_coverage: ClassVar[float] = 0.0
+    channels_last: ClassVar[bool] = False
+
+    @staticmethod
+    def step_bytes(step: Mapping[str, float], batch_size: int, per_sample: bool = False) -> float:
+        """A training step's memory: saved activations, plus weights, gradients and two AdamW moments,
+        plus the CUDA context (``per_sample``: the activations of one sample only)."""
+        activations = step["saved_mib"] * 2**20
+        if per_sample:
+            return activations / batch_size
+        return activations + 16 * step["parameters"] + GPU_RESERVED_BYTES
+
+    def assess(
+        self,
+        config: Mapping[str, Any],
+        patch: list[int],
+        batch_cap: int,
+        samples_per_epoch: int,
+        slicing: bool,
+    ) -> Assessment:
+        step = estimate_step(config, patch, MIN_BATCH_SIZE)
+        need = self.step_bytes(step, MIN_BATCH_SIZE)
+        per_sample = self.step_bytes(step, MIN_BATCH_SIZE, per_sample=True)
+        fixed = need - MIN_BATCH_SIZE * per_sample
+        batch = int(min(batch_cap, max(MIN_BATCH_SIZE, (self.bytes - fixed) // per_sample)))
+        cost = {"memory_gib": _r(need / 2**30), "memory_budget_gib": _r(self.bytes / 2**30)}
+        return Assessment(need <= self.bytes, batch, step, cost)
+
+    def exhausted(self, network: str) -> None:
+        raise ConfigError(
+            f"no {network} patch fits {self.bytes / 2**30:g} GiB of GPU memory even at the "
+            "smallest size; choose a lighter --network or plan for a larger GPU"
+        )
+
+    def rule(self) -> str:
+        return (
+            f"GPU memory: a training step of batch {MIN_BATCH_SIZE} must fit {self.gpu_memory_gb:g} GB (nnU-Net's "
+            "8 GB reference); estimate = tensors autograd saves (counted on the meta device, float32) + 16 bytes "
+            "per parameter (weights, gradients, AdamW moments) + 1 GiB CUDA context and workspaces"
+        )
+
+    def batch_rule(self) -> str:
+        return (
+            f"as many samples as fit the memory budget, at least {MIN_BATCH_SIZE}, at most "
+            f"{MAX_DATASET_FRACTION_PER_BATCH:.0%} of the dataset's voxels per batch (nnU-Net v2)"
+        )
+
+    def epochs(self, cost: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, str]:
+        epochs = max(MIN_EPOCHS, math.ceil(GPU_TRAINING_STEPS / steps_per_epoch))
+        return epochs, f"nnU-Net's {GPU_TRAINING_STEPS} training steps (1000 epochs of 250)"
+
+
+def cpu_cores() -> int:
+    """The cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def make_budget(
+    target: str,
+    max_minutes: float = DEFAULT_CPU_MINUTES,
+    gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB,
+    cores: int | None = None,
+) -> Budget:
+    """The budget of kind ``target`` (one of :data:`BUDGETS`).
+
+    Raises:
+        ConfigError: an unknown target or a budget that is not positive.
+    """
+    if target not in BUDGETS:
+        raise ConfigError(f"unknown target {target!r}; choose {' or '.join(BUDGETS)}")
+    return BUDGETS[target](
+        max_minutes=max_minutes,
+        gpu_memory_gb=gpu_memory_gb,
+        cores=cpu_cores() if cores is None else int(cores),
+    )

@@ -1,0 +1,86 @@
+"""Compute budgets (medseg.plan.budget): one class per kind, judged on the shipped hippocampus plan."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from medseg.errors import ConfigError
+from medseg.plan.budget import BUDGETS, Assessment, CpuBudget, GpuBudget, make_budget
+from medseg.plan.planner import TARGETS, make_plan
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "hippocampus_unet3d"
+
+
+@pytest.fixture(scope="module")
+def fingerprint() -> dict[str, Any]:
+    return json.loads((BUNDLE / "plans" / "fingerprint.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict[str, Any]:
+    return json.loads((BUNDLE / "plans" / "plan.json").read_text())
+
+
+def test_budget_kinds_and_bad_budgets() -> None:
+    assert TARGETS == ("cpu", "gpu")
+    assert isinstance(make_budget("cpu", cores=2), CpuBudget)
+    assert isinstance(make_budget("gpu", gpu_memory_gb=24), GpuBudget)
+    with pytest.raises(ConfigError, match="choose cpu or gpu"):
+        make_budget("tpu")
+    with pytest.raises(ConfigError, match="must be positive"):
+        make_budget("cpu", max_minutes=0)
+
+
+def test_cpu_budget_judges_the_shipped_network_as_planned(shipped: dict[str, Any]) -> None:
+    """The CPU budget's assessment of the shipped network and patch is what the plan recorded."""
+    values = {k: v["value"] for k, v in shipped["values"].items()}
+    budget = CpuBudget(max_minutes=15, cores=2)
+    cap = shipped["values"]["batch_size"]["data"]["cap_for_5_percent"]
+    planned_folds = shipped["values"]["training"]["data"]["planned"]["value"][
+        "train_folds"
+    ]  # before overrides
+    samples = sum(1 for i in range(shipped["inputs"]["dataset"]["num_cases"]) if i % 5 in planned_folds)
+    assessment = budget.assess(values["network"], values["patch_size"], cap, samples, slicing=False)
+    assert assessment.fits and assessment.batch == values["batch_size"] == 2
+    assert {"target": "cpu", **assessment.cost} == values["compute"]
+    assert budget.channels_last and not GpuBudget.channels_last
+
+
+def test_gpu_budget_too_small_says_what_to_do(fingerprint: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="GiB of GPU memory even at the smallest size; choose a lighter"):
+        make_plan(fingerprint, target="gpu", gpu_memory_gb=0.5)
+
+
+@pytest.fixture
+def new_budget_kind() -> Iterator[str]:
+    yield "gpu-batch4"
+    BUDGETS.pop("gpu-batch4", None)
+
+
+def test_new_budget_kind_is_one_class(fingerprint: dict[str, Any], new_budget_kind: str) -> None:
+    @dataclass(frozen=True)
+    class FixedBatchBudget(GpuBudget):
+        """GPU memory, but never more than 4 samples per batch."""
+
+        target: ClassVar[str] = new_budget_kind
+
+        def assess(
+            self, config: Mapping[str, Any], patch: list[int], *args: Any, **kwargs: Any
+        ) -> Assessment:
+            judged = super().assess(config, patch, *args, **kwargs)
+            return Assessment(judged.fits, min(4, judged.batch), judged.step, judged.cost)
+
+    assert BUDGETS[new_budget_kind] is FixedBatchBudget  # defining it registered it
+    gpu = make_plan(fingerprint, target="gpu")
+    plan = make_plan(fingerprint, target=new_budget_kind)
+    assert gpu["values"]["batch_size"]["value"] > 4
+    assert plan["values"]["batch_size"]["value"] == 4
+    assert plan["inputs"]["target"] == plan["values"]["compute"]["value"]["target"] == new_budget_kind
+    assert plan["values"]["network"] == gpu["values"]["network"]
