@@ -44,7 +44,7 @@ __all__ = [
     "SEG_SOP_CLASS",
     "LABELMAP_SEG_SOP_CLASS",
     "RESEARCH_ONLY",
-    "series_description",
+    "research_series_description",
     "SegSegment",
     "SegVolume",
     "write_seg",
@@ -91,7 +91,7 @@ def _fit(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "~"
 
 
-def series_description(bundle_name: str, kind: str = "SEG") -> str:
+def research_series_description(bundle_name: str, kind: str = "SEG") -> str:
     """``<bundle> <kind> - research use only, not for diagnosis`` within DICOM's 64 characters: the
     bundle's name is shortened, never the notice."""
     suffix = f" - {RESEARCH_ONLY}"
@@ -238,7 +238,7 @@ def write_seg(
                 f"{'Automatic' if algorithm_type.upper() == 'AUTOMATIC' else 'Corrected'} segmentation; {RESEARCH_ONLY}"
             ),
             content_label="RESEARCH_ONLY",
-            series_description=series_description(algorithm_name)
+            series_description=research_series_description(algorithm_name)
             if series_description is None
             else _described(series_description),
             omit_empty_frames=not empty,  # an all-empty SEG keeps its frames: it must have at least one

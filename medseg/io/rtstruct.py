@@ -35,7 +35,7 @@ import numpy as np
 
 from medseg.errors import DicomError, GeometryError, InputError
 from medseg.io.atomic import atomic_write
-from medseg.io.dicom_seg import RESEARCH_ONLY, series_description
+from medseg.io.dicom_seg import RESEARCH_ONLY, research_series_description
 from medseg.io.seg_concepts import SegmentSpec
 
 __all__ = [
@@ -236,7 +236,7 @@ def write_rtstruct(
     except (TypeError, ValueError):
         source_number = 0
     ds.SeriesNumber = source_number + 2000 if 0 <= source_number < 2**31 - 2001 else 2000
-    ds.SeriesDescription = series_description(algorithm_name, "RT")
+    ds.SeriesDescription = research_series_description(algorithm_name, "RT")
     ds.OperatorsName = ""
     ds.Manufacturer = "medseg"
     ds.ManufacturerModelName = f"medseg {algorithm_name}"[:64]
