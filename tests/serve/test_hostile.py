@@ -284,6 +284,40 @@ def test_a_study_that_links_outside_is_replaced_never_written_through(hostile):
     assert_nothing_outside_changed(h)
 
 
+@pytest.mark.timeout(600)
+def test_a_session_takes_one_checked_image_and_never_unpacks_an_archive(hostile):
+    import io
+    import tarfile
+
+    h = hostile
+    url, annotator = h["url"], bearer(h["tokens"]["annotator"])
+    escape = io.BytesIO()
+    with tarfile.open(fileobj=escape, mode="w:gz") as tar:
+        payload = b"written outside the sessions folder"
+        member = tarfile.TarInfo("../../../../escaped.txt")
+        member.size = len(payload)
+        tar.addfile(member, io.BytesIO(payload))
+    answer = call(
+        "PUT",
+        f"{url}/session/?uncompress=true",
+        files={"files": ("x.tar.gz", escape.getvalue())},
+        headers=annotator,
+    )
+    assert answer.status == 400 and "archives are not unpacked" in answer.detail
+    answer = call(
+        "PUT", f"{url}/session/", files={"files": ("x.tar.gz", escape.getvalue())}, headers=annotator
+    )
+    assert answer.status == 415
+    answer = call("PUT", f"{url}/session/", files={"files": ("b.nii.gz", header_bomb())}, headers=annotator)
+    assert answer.status == 413
+    image = (h["outside"] / f"{h['linked']}.nii.gz").read_bytes()
+    created = call("PUT", f"{url}/session/", files={"files": ("scan.nii.gz", image)}, headers=annotator)
+    assert created.status == 200, created.detail
+    assert not list(h["root"].rglob("escaped.txt"))
+    assert_no_scratch_left(h)
+    assert_nothing_outside_changed(h)
+
+
 # --- 2. bounded inputs -------------------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ What changes against the stock server (monailabel 0.8.5):
   meanwhile arrives whole, old or new); ``GET /datastore/image/info``, ``/label/info`` and
   ``/datastore/`` show server file paths to admins only;
 * ``/proxy/dicom/...`` forwards DICOMweb reads and stores only (:mod:`medseg.serve.label.proxy`);
+* ``PUT /session/`` takes one checked image and never unpacks an archive;
 * errors raised by MONAI Label for bad input anywhere in the API become 4xx instead of 500;
 * in front of every route: the name and size rules of :mod:`medseg.serve.label.guard`, then, with
   ``medseg serve --users``/``--auth-realm``, the login (:mod:`medseg.serve.label.auth`).
@@ -550,6 +551,7 @@ api.include_router(
 )
 api.include_router(versions.make_router(lambda model: app_instance().version_store(model)))
 api.include_router(uploads.make_router())
+api.include_router(uploads.make_session_router())
 api.include_router(proxy.make_router())
 for _path, _route in (("/datastore/image/info", api_image_info), ("/datastore/label/info", api_label_info)):
     api.add_api_route(_path, _route, methods=["GET"], summary=f"{RBAC_USER}Info (file paths for admins only)")
@@ -570,6 +572,7 @@ _OURS = (
     ("GET", re.compile(r"^/datastore/(image/info|label/info|image|label)?/?$")),
     ("POST", re.compile(r"^/(infer|train|activelearning)/[^/]+/?$")),
     ("PUT", re.compile(r"^/datastore/label/?$")),
+    ("PUT", re.compile(r"^/session/?$")),
     ("PUT", re.compile(r"^/datastore/(image/?)?$")),
     ("GET", re.compile(r"^/model/versions/[^/]+/?$")),
     ("POST", re.compile(r"^/model/versions/[^/]+/(promote|rollback)/?$")),

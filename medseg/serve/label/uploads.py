@@ -19,7 +19,14 @@ from typing import Any
 from medseg.io.formats import SELF_CONTAINED_SUFFIXES, image_suffix, strip_image_suffix
 from medseg.serve.names import plain_name
 
-__all__ = ["image_id_of", "make_router", "parse_params", "save_upload", "upload_suffix"]
+__all__ = [
+    "image_id_of",
+    "make_router",
+    "make_session_router",
+    "parse_params",
+    "save_upload",
+    "upload_suffix",
+]
 
 
 def image_id_of(requested: str | None, filename: str) -> str:
@@ -125,4 +132,63 @@ def make_router() -> Any:
     summary = f"{RBAC_ANNOTATOR}Upload a new image (checked: a readable 3-D NIfTI/NRRD under a plain id)"
     router.add_api_route("/image", api_add_image, methods=["PUT"], summary=summary)
     router.add_api_route("/", api_add_image, methods=["PUT"], summary=summary, include_in_schema=False)
+    return router
+
+
+def make_session_router() -> Any:
+    """medseg's ``PUT /session/`` (MONAI Label venv only): a session holds one checked image.
+
+    Stock MONAI Label stores whatever files come and, with ``uncompress=true``, unpacks an archive
+    with ``shutil.unpack_archive`` (a tar member named ``../../x`` lands outside the sessions folder,
+    a zip bomb fills the disk). Here a session is one NIfTI/NRRD file checked like an uploaded image;
+    archives are refused.
+    """
+    from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
+    from monailabel.config import RBAC_ANNOTATOR, settings
+    from monailabel.endpoints.user.auth import RBAC, User
+    from monailabel.interfaces.utils.app import app_instance
+    from starlette.concurrency import run_in_threadpool
+
+    from medseg.serve.label.guard import request_folder
+    from medseg.serve.label.worker import JobError, check_image_file
+    from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
+
+    router = APIRouter(prefix="/session", tags=["Session"])
+
+    def _create(upload: Any, name: str, suffix: str, expiry: int) -> dict[str, Any]:
+        sessions = app_instance().sessions()
+        if sessions is None:
+            raise HTTPException(status_code=406, detail="sessions are not enabled on this server")
+        with request_folder("session-") as folder:
+            path = save_upload(upload, folder, f"image{suffix}")
+            try:
+                check_volume_file(path, name, UploadLimits.from_env())
+                check_image_file(path, name)
+            except UploadRefused as exc:
+                raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+            except JobError as exc:
+                raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+            session_id, info = sessions.add_session(path, max(0, int(expiry)), False)
+        return {"session_id": session_id, "session_info": info.to_json()}
+
+    async def api_create_session(
+        uncompress: bool = False,
+        expiry: int = 0,
+        files: list[UploadFile] = File(...),  # noqa: B008
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),  # noqa: B008
+    ):
+        if uncompress:
+            raise HTTPException(
+                status_code=400, detail="archives are not unpacked here: send one NIfTI or NRRD file"
+            )
+        if len(files) != 1:
+            raise HTTPException(
+                status_code=400, detail="a session holds one image: send one NIfTI or NRRD file"
+            )
+        name = os.path.basename(files[0].filename or "image.nii.gz")
+        return await run_in_threadpool(_create, files[0], name, upload_suffix(name), expiry)
+
+    router.add_api_route(
+        "/", api_create_session, methods=["PUT"], summary=f"{RBAC_ANNOTATOR}Create a session with one image"
+    )
     return router
