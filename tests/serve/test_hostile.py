@@ -407,6 +407,19 @@ def test_uploads_over_the_size_limit_are_refused_while_they_stream_in(hostile):
 
 
 @pytest.mark.timeout(600)
+def test_a_dataset_download_leaves_no_archive_behind(hostile):
+    import io
+    import zipfile
+
+    h = hostile
+    answer = call("GET", f"{h['url']}/datastore/dataset", headers=bearer(h["tokens"]["annotator"]))
+    assert answer.status == 200
+    assert any(n.startswith("label/") for n in zipfile.ZipFile(io.BytesIO(answer.body)).namelist())
+    time.sleep(0.5)
+    assert_no_scratch_left(h)
+
+
+@pytest.mark.timeout(600)
 def test_refused_and_failed_uploads_leave_nothing_behind(hostile):
     h = hostile
     url, annotator = h["url"], bearer(h["tokens"]["annotator"])

@@ -517,6 +517,23 @@ async def api_next_sample(
     return result if _is_admin(request) else _without_paths(result)
 
 
+async def api_download_dataset(
+    limit_cases: int | None = None, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))
+):
+    """The dataset as a ZIP (stock route), built off the event loop and removed once sent (stock leaves
+    every archive behind: repeated downloads would fill the disk)."""
+    from starlette.background import BackgroundTask
+
+    datastore = app_instance().datastore()
+    try:
+        path = await run_in_threadpool(datastore.get_dataset_archive, limit_cases)
+    except AssertionError as exc:
+        raise HTTPException(status_code=404, detail=f"no archive: {exc}") from None
+    return FileResponse(
+        path, media_type="application/zip", filename="dataset.zip", background=BackgroundTask(os.unlink, path)
+    )
+
+
 async def api_datastore(
     request: Request,
     output: str | None = None,
@@ -556,6 +573,7 @@ api.include_router(proxy.make_router())
 for _path, _route in (("/datastore/image/info", api_image_info), ("/datastore/label/info", api_label_info)):
     api.add_api_route(_path, _route, methods=["GET"], summary=f"{RBAC_USER}Info (file paths for admins only)")
 api.add_api_route("/datastore/", api_datastore, methods=["GET"], summary=f"{RBAC_USER}Images and labels")
+api.add_api_route("/datastore/dataset", api_download_dataset, methods=["GET"], summary="The dataset as a ZIP")
 api.add_api_route(
     "/activelearning/{strategy}", api_next_sample, methods=["POST"], summary=f"{RBAC_USER}Next sample"
 )
@@ -569,7 +587,7 @@ api.add_api_route(
 # (method, path) served by `api`; everything else goes to MONAI Label's app
 _OURS = (
     (None, re.compile(r"^/proxy/dicom(/|$)")),
-    ("GET", re.compile(r"^/datastore/(image/info|label/info|image|label)?/?$")),
+    ("GET", re.compile(r"^/datastore/(image/info|label/info|image|label|dataset)?/?$")),
     ("POST", re.compile(r"^/(infer|train|activelearning)/[^/]+/?$")),
     ("PUT", re.compile(r"^/datastore/label/?$")),
     ("PUT", re.compile(r"^/session/?$")),
