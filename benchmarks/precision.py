@@ -11,7 +11,8 @@ in one run (interleaved, so a slow spell of a shared machine hits both alike):
    batch 2 of 40x56x40 (its training patch), fp32 master weights in both;
 3. ``medseg.bundle.evaluate_bundle`` of every shipped bundle on fold 0: mean Dice per precision, the
    difference (the bar: at most 0.002) and the wall time of each evaluation. The CI test
-   (``tests/test_precision.py``) checks the first 8 fold-0 cases of each bundle; this checks all.
+   (``tests/test_precision.py``) checks the first 8 fold-0 cases of each bundle (4 of an ensemble);
+   this checks all.
 
 Usage::
 
@@ -130,16 +131,18 @@ def train_step_speed(repeats: int) -> dict:
             "speedup": round(ms["fp32"] / ms["bf16"], 2)}
 
 
-def evaluate_all(names: list[str]) -> list[dict]:
-    """(3) evaluate_bundle on fold 0 in both precisions (fp32 first, then bf16, bundle by bundle)."""
+def evaluate_all(names: list[str], save) -> list[dict]:
+    """(3) evaluate_bundle on fold 0 in both precisions, bundle by bundle; the order of the two
+    alternates from one bundle to the next (a first run may pay cold file reads). ``save`` is called
+    with the rows after each bundle."""
     from medseg.bundle import evaluate_bundle, open_bundle
 
-    rows = []
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="medseg-precision-") as tmp:
-        for name in names:
+        for index, name in enumerate(names):
             bundle = open_bundle(REPO / "bundles" / name)
             runs = {}
-            for p in PRECISIONS:
+            for p in PRECISIONS if index % 2 == 0 else PRECISIONS[::-1]:
                 result = evaluate_bundle(bundle, fold=0, output=Path(tmp) / f"{name}-{p}.json", precision=p)
                 runs[p] = {
                     "mean_dice": round(result["metrics"]["val_mean_dice"], 5),
@@ -156,6 +159,7 @@ def evaluate_all(names: list[str]) -> list[dict]:
                 "time_ratio_bf16_fp32": round(runs["bf16"]["seconds"] / runs["fp32"]["seconds"], 3),
             })
             print(f"evaluate {name}: {rows[-1]}", file=sys.stderr)
+            save(rows)
     return rows
 
 
@@ -206,12 +210,20 @@ def main() -> int:
         if (p / "configs" / "metadata.json").is_file() and all(f.is_file() for f in weight_files(open_bundle(p)))
     )
     results: dict = {"machine": machine()}
+
+    def save(rows: list[dict] | None = None) -> None:  # after each part, so a long run keeps what it measured
+        if rows is not None:
+            results["evaluate"] = rows
+        results["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
     results["forward"] = forward_speed(names, args.repeats)
     results["train_step"] = train_step_speed(args.repeats * 4)
-    results["evaluate"] = [] if args.skip_evaluate else evaluate_all(names)
-    results["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    save([])
+    if not args.skip_evaluate:
+        evaluate_all(names, save)
+    save()
     print(markdown(results))
     return 0
 
