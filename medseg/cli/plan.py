@@ -55,6 +55,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--explain", action="store_true", help="print each planned value with its rule and data"
     )
+    parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="a click-guided (DeepEdit-style) bundle: the image plus one guidance channel per label and "
+        "background, trained with simulated clicks; without clicks it segments on its own",
+    )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="CPU plans: time a few real training steps of the candidates on this machine (cached per machine, "
+        "torch version, threads and candidate) instead of trusting the FLOP model alone; the plan and --explain "
+        "show measured and predicted seconds per step",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing plan")
     parser.set_defaults(func=run)
 
@@ -91,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
     from medseg.data.dataset import open_dataset
     from medseg.errors import ConfigError
     from medseg.io.atomic import atomic_write_json
+    from medseg.plan.cost import StepTimer
     from medseg.plan.fingerprint import extract_fingerprint
     from medseg.plan.planner import explain, make_plan
-    from medseg.render import BUNDLE_FILES, BundleTemplate, render_bundle
+    from medseg.render import BUNDLE_FILES, render_bundle
+    from medseg.render.interactive import planned_template
     from medseg.render.records import (
         CV_RECORD,
         FINGERPRINT_FILE,
@@ -124,9 +139,12 @@ def run(args: argparse.Namespace) -> int:
         dataset_folder=spec.root.name,
         overrides=overrides,
         concepts=concepts,
+        timer=StepTimer() if args.measure else None,
     )
+    if args.interactive:  # the template's choice, recorded so that re-rendering picks it again
+        plan["inputs"]["interactive"] = True
     try:
-        BundleTemplate(plan).files()  # rendered before anything is written
+        planned_template(plan)(plan).files()  # rendered before anything is written
         not_rendered = ""
     except ConfigError as exc:  # a plan the template cannot render yet: the plan is still written
         not_rendered = str(exc)
@@ -147,6 +165,12 @@ def run(args: argparse.Namespace) -> int:
         f"{inputs['target']}, spacing {planned['target_spacing']}, patch {planned['patch_size']}, "
         f"batch {planned['batch_size']}, {planned['training']['max_epochs']} epochs"
     )
+    compute = planned["compute"]
+    if "seconds_per_step_measured" in compute:
+        print(
+            f"step time: {compute['seconds_per_step_measured']} s measured on this machine, "
+            f"{compute['seconds_per_step_predicted']} s predicted by the FLOP model"
+        )
     print(f"written: {root / FINGERPRINT_FILE}, {root / PLAN_FILE}")
     if not_rendered:
         print(f"bundle files not rendered: {not_rendered}")

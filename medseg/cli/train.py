@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from medseg.precision import add_precision_argument
@@ -67,6 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --cv: the members to train (default 1 2 3 4); run several processes with different "
         "folds in parallel",
     )
+    parser.add_argument(
+        "--warm-start",
+        help="interactive bundles: start from this plain bundle's weights of the same network (models/model.pt); "
+        "the guidance channels' input weights start at zero",
+    )
     parser.add_argument("--output-dir", help="logs, checkpoints and weights go here instead of the bundle")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_precision_argument(parser, "the training and validation passes (fp32 weights; auto: bf16 only with AMX)")
@@ -94,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
         return _run_cv(args, bundle)
     if args.folds is not None:
         raise InputError("--folds goes with --cv; use --fold K to train one network", param="folds")
+    extra = {}
+    if args.warm_start:
+        if "warm_start" not in (bundle.root / "configs" / "train.json").read_text():
+            raise InputError("--warm-start is for interactive bundles (medseg plan --interactive)", param="warm_start")
+        extra["warm_start"] = str(Path(args.warm_start).resolve())
     result = train_bundle(
         bundle,
         data_dir=args.data,
@@ -105,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         start_time=start_time,
         precision=args.precision,
+        **extra,
     )
     monitored = " (trained on too)" if result["val_fold"] in result["train_folds"] else ""
     validation = (

@@ -56,6 +56,10 @@ def render_bundle(
 ) -> list[Path]:
     """Render a planned bundle and write every file under ``bundle_dir``; return the paths written.
 
-    Everything is rendered before anything is written. Args as :class:`BundleTemplate`.
+    Everything is rendered before anything is written, with the plan's template (an interactive
+    plan's :class:`~medseg.render.interactive.InteractiveTemplate`). Args as :class:`BundleTemplate`.
     """
-    return write_files(BundleTemplate(plan, dataset_folder, record, cv).files(), bundle_dir)
+    from medseg.render.interactive import planned_template
+
+    template = planned_template(plan)
+    return write_files(template(plan, dataset_folder, record, cv).files(), bundle_dir)
