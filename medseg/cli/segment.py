@@ -119,7 +119,10 @@ def _add_batch_arguments(parser: argparse.ArgumentParser) -> None:
 def _batch_settings(args: argparse.Namespace) -> Any:
     from medseg.segment import BatchSettings
 
-    return BatchSettings(workers=args.workers, ray_address=args.ray_address, resume=args.resume)
+    gpus = 1.0 if str(args.device).startswith("cuda") else 0.0  # Ray gives each worker its own GPU
+    return BatchSettings(
+        workers=args.workers, ray_address=args.ray_address, resume=args.resume, gpus_per_worker=gpus
+    )
 
 
 def _segment(args: argparse.Namespace, output: Path) -> Any:

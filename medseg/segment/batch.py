@@ -27,6 +27,7 @@ writes the same label maps as one process (each worker runs the network with its
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -206,11 +207,8 @@ def segment_item(
             from medseg.io.atomic import atomic_replace_folder
 
             atomic_replace_folder(staging, target)
-            result = type(staged)(
-                output_dir=target,
-                files={kind: target / path.name for kind, path in staged.files.items()},
-                report=staged.report,
-            )
+            files = {kind: target / path.name for kind, path in staged.files.items()}
+            result = dataclasses.replace(staged, output_dir=target, files=files)
         except MedsegError as exc:
             error = str(exc)
         except Exception as exc:  # a bug or an unexpected library error: recorded, the batch goes on
@@ -261,7 +259,8 @@ def run_batch(
         The results, the failures (id -> one line) and the skipped ids.
 
     Raises:
-        ConfigError: invalid settings; BundleError: the bundle cannot be loaded (also on Ray).
+        ConfigError: invalid settings; BundleError: the bundle cannot be opened; MedsegError: no Ray
+        worker could start or stay up (its reason, e.g. the bundle's config fails on the workers).
     """
     from medseg.bundle.core import Bundle, open_bundle
 
@@ -308,11 +307,9 @@ def run_batch(
         for item in [i for i in todo if i.error]:  # known to be unusable (unreadable DICOM): no worker needed
             record(_record(item, bundle, sha, None, item.error, 0.0), None, {})
         todo = [i for i in todo if not i.error]
-        if not todo:
-            pass
-        elif settings.workers is None:
+        if todo and settings.workers is None:
             _run_here(todo, bundle, out, dict(segmenter_options or {}), force, sha, segmenter, record)
-        else:
+        elif todo:
             _RayPool(bundle, out, dict(segmenter_options or {}), force, sha, settings, flag_of).run(
                 todo, record, result
             )
