@@ -177,6 +177,15 @@ class InteractiveTemplate(BundleTemplate):
     def metadata(self) -> dict[str, Any]:
         """The planned metadata and the ``interactive`` block clients look for."""
         metadata = super().metadata()
+        # the network's input (MONAI's verify_net_in_out, export) is the image and the guidance
+        # channels; guidance_channels tells medseg's suitability check how many the user does not give
+        image = metadata["network_data_format"]["inputs"]["image"]
+        image["num_channels"] = len(self.channels) + len(self.label_names)
+        image["guidance_channels"] = len(self.label_names)
+        image["channel_def"] = {
+            **image["channel_def"],
+            **{str(len(self.channels) + i): f"guidance: {name}" for i, name in enumerate(self.label_names)},
+        }
         metadata["interactive"] = {
             "type": "deepedit",
             "label_names": self.label_names,

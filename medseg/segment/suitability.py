@@ -181,7 +181,8 @@ def check_suitability(
             )
         )
 
-    channels = int(input_format.get("num_channels", 1) or 1)
+    # an interactive bundle's network also reads guidance channels, which the image does not carry
+    channels = int(input_format.get("num_channels", 1) or 1) - int(input_format.get("guidance_channels", 0) or 0)
     result.checks.append(Check("channels", channels, geometry["channels"], geometry["channels"] == channels))
 
     lo, hi = _range(input_format.get("plausible_spacing_mm"), DEFAULT_SPACING_MM, "plausible_spacing_mm")

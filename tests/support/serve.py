@@ -51,7 +51,8 @@ def find_label_python() -> Path | str:
 
 
 def hippocampus_bundles() -> list[str]:
-    """Served hippocampus bundles: every bundles/hippocampus_* 3-D bundle that has weights."""
+    """Served hippocampus bundles: every bundles/hippocampus_* 3-D segmentation bundle that has weights
+    (interactive bundles are served as DeepEdit and tested on their own)."""
     names = []
     for path in sorted((REPO_ROOT / "bundles").glob("hippocampus_*")):
         if (
@@ -60,6 +61,8 @@ def hippocampus_bundles() -> list[str]:
         ):
             continue
         meta = json.loads((path / "configs" / "metadata.json").read_text())
+        if "interactive" in meta:  # served as DeepEdit (tests/serve/test_interactive.py)
+            continue
         if len(meta["network_data_format"]["inputs"]["image"].get("spatial_shape", [])) == 3:
             names.append(path.name)
     if not names:

@@ -34,6 +34,7 @@ from medseg.bundle.loader import is_ensemble
 from medseg.serve.label.activelearning import Disagreement
 from medseg.serve.label.datastores import MedsegDICOMWebDatastore, MedsegLocalDatastore
 from medseg.serve.label.infer import MedsegInferTask, latest_weights, resolve_weights, weight_versions
+from medseg.serve.label.interactive import infer_task_class
 from medseg.serve.label.train import MedsegTrainTask
 from medseg.serve.label.versions import VersionStore
 
@@ -121,7 +122,8 @@ class MedsegLabelApp(MONAILabelApp):
     def init_infers(self):
         infers = {}
         for name in self.bundle_names:
-            task = MedsegInferTask(str(self.model_dir / name), self.conf)
+            # an interactive bundle is MONAI Label's DeepEdit type (medseg.serve.label.interactive)
+            task = infer_task_class(str(self.model_dir / name))(str(self.model_dir / name), self.conf)
             if task.is_valid():
                 infers[name] = task
             else:
