@@ -20,9 +20,11 @@ from pathlib import Path
 
 __all__ = [
     "BUNDLES_ENV",
+    "CACHE_ENV",
     "DATA_ENV",
     "bundle_search_dirs",
     "bundles_dir",
+    "cache_dir",
     "data_dir",
     "find_data_dir",
     "resolve_bundle_path",
@@ -31,6 +33,7 @@ __all__ = [
 
 DATA_ENV = "MEDSEG_DATA_DIR"
 BUNDLES_ENV = "MEDSEG_BUNDLES_DIR"
+CACHE_ENV = "MEDSEG_CACHE_DIR"
 
 
 def source_root() -> Path | None:
@@ -42,6 +45,16 @@ def source_root() -> Path | None:
     if (root / "pyproject.toml").is_file() and (root / "medseg" / "__init__.py").is_file():
         return root
     return None
+
+
+def cache_dir() -> Path:
+    """Where medseg keeps what it measured on this machine (``$MEDSEG_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/medseg``, else ``~/.cache/medseg``); it may not exist yet."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "medseg"
 
 
 def _upwards(start: Path) -> list[Path]:

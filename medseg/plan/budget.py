@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from medseg.errors import ConfigError
-from medseg.plan.cost import estimate_step
+from medseg.networks.registry import network_spec
+from medseg.plan.cost import StepTimer, estimate_step
 from medseg.plan.values import rounded as _r
 
 __all__ = [
@@ -108,12 +109,14 @@ class Budget:
         max_minutes: the CPU training budget (wall clock, whole training).
         gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8).
         cores: CPU cores the training will use.
+        timer: measures candidates' step times (``medseg plan --measure``); None: the FLOP model only.
     """
 
     target: ClassVar[str]
     max_minutes: float = DEFAULT_CPU_MINUTES
     gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB
     cores: int = REFERENCE_CPU_CORES
+    timer: StepTimer | None = field(default=None, compare=False)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -137,12 +140,14 @@ class Budget:
         return self.gpu_memory_gb * 2**30
 
     def data(self) -> dict[str, Any]:
-        """The budget's inputs as the plan records them."""
+        """The budget's inputs as the plan records them (with what measured times depend on)."""
+        measurement = {"measurement": self.timer.context()} if self.timer is not None else {}
         return {
             "cores": self.cores,
             "gflops": self.gflops,
             "max_minutes": self.max_minutes,
             "gpu_memory_gb": self.gpu_memory_gb,
+            **measurement,
         }
 
     # -- what each kind decides -------------------------------------------------------------------
@@ -161,6 +166,7 @@ class Budget:
         batch_cap: int,
         samples_per_epoch: int,
         slicing: bool,
+        final: bool = False,
     ) -> Assessment:
         """Judge a network (``network_def``) at a padded patch against the budget.
 
@@ -170,6 +176,7 @@ class Budget:
             batch_cap: the most samples per batch (5 % of the dataset's voxels).
             samples_per_epoch: samples an epoch draws (training cases, times slices per volume).
             slicing: a 2-D network on volumes.
+            final: the candidate is taken whatever the verdict (the last rung's smallest patch).
         """
         raise NotImplementedError
 
@@ -222,28 +229,60 @@ class CpuBudget(Budget):
         batch_cap: int,
         samples_per_epoch: int,
         slicing: bool,
+        final: bool = False,
     ) -> Assessment:
         batch = min(batch_cap, SLICE_BATCH) if slicing else MIN_BATCH_SIZE
         step = estimate_step(config, patch, batch)
-        seconds = self.step_seconds(step)
+        predicted = self.step_seconds(step)
         steps_per_epoch = math.ceil(samples_per_epoch / batch)
         limit = self.seconds * CPU_BUDGET_TRAINING_SHARE / (MIN_EPOCHS * steps_per_epoch)
+        seconds, times = predicted, {}
+        if self.timer is not None:
+            seconds, times = self._measured(config, patch, batch, predicted, None if final else limit)
         cost = {
             "seconds_per_step": _r(seconds),
+            **times,
             "seconds_per_step_allowed": _r(limit),
             "steps_per_epoch": steps_per_epoch,
         }
         return Assessment(seconds <= limit, batch, step, cost)
 
+    def _measured(
+        self, config: Mapping[str, Any], patch: list[int], batch: int, predicted: float, limit: float | None
+    ) -> tuple[float, dict[str, float]]:
+        """The step time that decides, and the times recorded: a candidate the FLOP model (scaled by
+        the last measured-to-predicted ratio) predicts to fit is timed, and one taken whatever its
+        cost (``limit`` None); the others are ruled out by the scaled prediction, untimed."""
+        assert self.timer is not None
+        calibrated = predicted * self.timer.ratio
+        times = {"seconds_per_step_predicted": _r(predicted)}
+        if limit is not None and calibrated > limit:
+            return calibrated, times
+        spec = network_spec(str(config["_target_"]))
+        channels_last = self.channels_last and spec.channels_last(int(config["spatial_dims"]))
+        measured = self.timer.seconds(config, patch, batch, predicted, channels_last)
+        return measured, {**times, "seconds_per_step_measured": _r(measured)}
+
     def exhausted(self, network: str) -> None:
         return None  # train the smallest patch for fewer epochs
 
     def rule(self) -> str:
+        predicted = (
+            f"FLOPs / {self.gflops:g} GFLOP/s + {CPU_STEP_OVERHEAD_S * 1000:g} ms ({REFERENCE_CPU_GFLOPS:g} GFLOP/s "
+            f"on {REFERENCE_CPU_CORES} cores, calibrated on the measured hippocampus_unet3d step, scaled by the cores)"
+        )
+        if self.timer is None:
+            how = f"a step takes {predicted}"
+        else:
+            how = (
+                f"a step's time is measured on this machine: the median of {self.timer.steps} real training steps "
+                "(forward, Dice-CE, backward, AdamW, after a warm-up step) of each candidate the FLOP model "
+                "predicts to fit, cached per machine, torch version, threads and candidate; the model "
+                f"({predicted}), scaled by the last measured-to-predicted ratio, only orders and rules out candidates"
+            )
         return (
             f"CPU time: {MIN_EPOCHS} epochs (where the hippocampus recipe's validation Dice peaked) must fit "
-            f"{CPU_BUDGET_TRAINING_SHARE:.0%} of {self.max_minutes:g} minutes; a step takes FLOPs / "
-            f"{self.gflops:g} GFLOP/s + {CPU_STEP_OVERHEAD_S * 1000:g} ms ({REFERENCE_CPU_GFLOPS:g} GFLOP/s on "
-            f"{REFERENCE_CPU_CORES} cores, calibrated on the measured hippocampus_unet3d step, scaled by the cores)"
+            f"{CPU_BUDGET_TRAINING_SHARE:.0%} of {self.max_minutes:g} minutes; {how}"
         )
 
     def batch_rule(self) -> str:
@@ -293,6 +332,7 @@ class GpuBudget(Budget):
         batch_cap: int,
         samples_per_epoch: int,
         slicing: bool,
+        final: bool = False,
     ) -> Assessment:
         step = estimate_step(config, patch, MIN_BATCH_SIZE)
         need = self.step_bytes(step, MIN_BATCH_SIZE)
@@ -301,6 +341,13 @@ class GpuBudget(Budget):
         batch = int(min(batch_cap, max(MIN_BATCH_SIZE, (self.bytes - fixed) // per_sample)))
         cost = {"memory_gib": _r(need / 2**30), "memory_budget_gib": _r(self.bytes / 2**30)}
         return Assessment(need <= self.bytes, batch, step, cost)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.timer is not None:
+            raise ConfigError(
+                "a GPU plan is sized by memory; --measure times CPU training steps, plan for cpu"
+            )
 
     def exhausted(self, network: str) -> None:
         raise ConfigError(
@@ -338,8 +385,9 @@ def make_budget(
     max_minutes: float = DEFAULT_CPU_MINUTES,
     gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB,
     cores: int | None = None,
+    timer: StepTimer | None = None,
 ) -> Budget:
-    """The budget of kind ``target`` (one of :data:`BUDGETS`).
+    """The budget of kind ``target`` (one of :data:`BUDGETS`); ``timer`` measures step times.
 
     Raises:
         ConfigError: an unknown target or a budget that is not positive.
@@ -350,4 +398,5 @@ def make_budget(
         max_minutes=max_minutes,
         gpu_memory_gb=gpu_memory_gb,
         cores=cpu_cores() if cores is None else int(cores),
+        timer=timer,
     )

@@ -28,8 +28,10 @@ The compute budget decides how large a network and patch fit (one class per kind
 * ``cpu``: time. A CPU training must converge within a wall-clock budget (default 15 minutes), so
   a training step may take ``budget / (MIN_EPOCHS x steps per epoch)``; a step's time is estimated
   from the network's floating-point operations (counted on the ``meta`` device) at a throughput
-  calibrated on the measured hippocampus recipe. When the nnU-Net-width network does not fit,
-  lighter ones are tried (the plan says so), then a smaller patch.
+  calibrated on the measured hippocampus recipe, or, with a :class:`~medseg.plan.cost.StepTimer`
+  (``medseg plan --measure``), measured: real training steps of the candidates the model predicts
+  to fit, timed on this machine and cached. When the nnU-Net-width network does not fit, lighter
+  ones are tried (the plan says so), then a smaller patch.
 
 :func:`make_plan` is a short orchestrator over one function per planned value (``_plan_<name>``);
 the candidates are searched once (:func:`_search`), each network is sized and built through the
@@ -62,7 +64,7 @@ from medseg.plan.budget import (
     Width,
     make_budget,
 )
-from medseg.plan.cost import estimate_step
+from medseg.plan.cost import StepTimer, estimate_step
 from medseg.plan.overrides import (
     WHY_KEY,
     apply_overrides,
@@ -71,6 +73,7 @@ from medseg.plan.overrides import (
     override_labels,
     split_overrides,
 )
+from medseg.plan.resolution import Resolution, choose_resolution
 from medseg.plan.values import planned as _value
 from medseg.plan.values import rounded as _r
 from medseg.render.records import Plan, installed_versions
@@ -405,8 +408,10 @@ def _candidate(
     geometry: _Geometry,
     width: Width,
     patch: list[int],
+    final: bool = False,
 ) -> _Candidate:
-    """The network a patch allows (nnU-Net's topology, the registry's ``network_def``), judged."""
+    """The network a patch allows (nnU-Net's topology, the registry's ``network_def``), judged
+    (``final``: it is taken whatever the verdict)."""
     dims = len(geometry.axes)
     topology = get_pool_and_conv_props(geometry.spacing, patch)
     design = Design(
@@ -425,7 +430,7 @@ def _candidate(
     padded = [int(math.ceil(p / s) * s) for p, s in zip(patch, stride, strict=True)]
     cap = _batch_cap(fp, geometry, padded)
     slicing = geometry.slice_axis is not None
-    assessment = budget.assess(config, padded, cap, _samples_per_epoch(fp, geometry), slicing)
+    assessment = budget.assess(config, padded, cap, _samples_per_epoch(fp, geometry), slicing, final)
     return _Candidate(width, topology, config, padded, cap, assessment)
 
 
@@ -445,9 +450,49 @@ def _search(fp: Mapping[str, Any], spec: NetworkSpec, budget: Budget, geometry: 
             smaller = _reduce_patch(patch, geometry, candidate.topology.divisor, budget.min_coverage)
             if smaller is None:
                 budget.exhausted(spec.name)
-                return replace(candidate, tried=tuple(tried[:-1]), over_budget=True)
+                taken = _candidate(fp, spec, budget, geometry, width, patch, final=True)
+                return replace(taken, tried=tuple(tried[:-1]), over_budget=True)
             patch = smaller
     raise AssertionError("a budget's ladder has at least one rung")
+
+
+def _rescaled(geometry: _Geometry, scale: float, square: bool = False) -> _Geometry:
+    """The geometry at a coarser scale: spacing divided by ``scale``, the median shape times it
+    (``square``: photographs, resized to a square of the median image's geometric-mean side)."""
+    shape = [m * scale for m in geometry.median_shape]
+    if square:
+        shape = [float(np.prod(shape)) ** (1 / len(shape))] * len(shape)
+    return replace(geometry, spacing=[s / scale for s in geometry.spacing], median_shape=shape)
+
+
+def _plan_resolution(
+    fp: Mapping[str, Any], spec: NetworkSpec, budget: Budget, geometry: _Geometry, photographs: bool
+) -> Resolution:
+    """The search at the finest resolution the budget lets the training see enough of
+    (:mod:`medseg.plan.resolution`)."""
+    return choose_resolution(
+        geometry,
+        lambda g: _search(fp, spec, budget, g),
+        lambda g, scale: _rescaled(g, scale, square=photographs),
+        budget,
+        _samples_per_epoch(fp, geometry),
+        photographs,
+        lambda found: {"width": found.width.name, "over_budget": found.over_budget},
+    )
+
+
+def _coarser_spacing(entry: Mapping[str, Any], resolution: Resolution, geometry: _Geometry) -> dict[str, Any]:
+    """The target spacing entry at the chosen scale (volumes only; the in-plane axes of slices)."""
+    spacing = list(entry["value"])
+    for axis in geometry.axes:
+        spacing[axis] = _r(spacing[axis] / resolution.scale, 6)
+    return _value(
+        spacing,
+        f"{entry['rule']}; then coarser by {_r(resolution.scale, 3)} along the network's axes, to see the "
+        "images often enough within the budget (see resolution)",
+        full_resolution=entry["value"],
+        **entry["data"],
+    )
 
 
 # -- the rules of the data ---------------------------------------------------------------------------
@@ -779,6 +824,7 @@ def make_plan(
     overrides: Mapping[str, Any] | None = None,
     dataset_folder: str | None = None,
     concepts: Mapping[str, Any] | None = None,
+    timer: StepTimer | None = None,
 ) -> dict[str, Any]:
     """Plan a bundle for a dataset (``plans/plan.json``).
 
@@ -797,6 +843,8 @@ def make_plan(
         concepts: DICOM SEG codes per label value, in the format of a bundle's
             ``network_data_format.outputs.pred.segment_codes`` (default: the ``concepts`` block of
             dataset.json; labels without codes are looked up by name when segmenting).
+        timer: a CPU plan measures its candidates' step times with it (``medseg plan --measure``;
+            :class:`~medseg.plan.cost.StepTimer`) instead of trusting the FLOP model alone.
 
     Returns:
         ``{"plan_version", "medseg_version", "inputs", "values": {name: {"value", "rule", "data"}}}``.
@@ -807,7 +855,7 @@ def make_plan(
     from medseg import __version__
 
     spec = network_spec(network)
-    budget = make_budget(target, max_minutes, gpu_memory_gb, cpu_cores)
+    budget = make_budget(target, max_minutes, gpu_memory_gb, cpu_cores, timer)
     dataset = fingerprint["dataset"]
     dims = _planned_dims(dataset, dims)
     rgb = _is_rgb(dataset)
@@ -816,7 +864,12 @@ def make_plan(
     geometry = _geometry(fingerprint, dims, values["target_spacing"]["value"])
     values["slicing"] = _plan_slicing(geometry, dims)
     values["normalization"] = _normalization(fingerprint, rgb)
-    found = _search(fingerprint, spec, budget, geometry)
+    photographs = int(dataset["spatial_dims"]) == 2
+    resolution = _plan_resolution(fingerprint, spec, budget, geometry, photographs)
+    found, geometry = resolution.found, resolution.geometry
+    values["resolution"] = resolution.value
+    if resolution.scale != 1.0 and not photographs:
+        values["target_spacing"] = _coarser_spacing(values["target_spacing"], resolution, geometry)
     values["compute"] = _plan_compute(found, budget)
     values["patch_size"] = _plan_patch_size(found, geometry)
     values["network"] = _plan_network(found, spec, dims)

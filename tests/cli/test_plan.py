@@ -96,3 +96,21 @@ def test_recorded_overrides_are_applied(msd_copy, tmp_path):
     flips = [t for t in train["train"]["random_transforms"] if t["_target_"] == "RandFlipd"]
     assert [t["spatial_axis"] for t in flips] == [0]
     assert json.loads((out / "plans" / "overrides.json").read_text()) == {"augmentation.mirror_axes": [0]}
+
+
+def test_plan_measure_times_steps_once_per_machine(msd_copy, tmp_path, capsys, monkeypatch):
+    """--measure times the chosen candidate's training steps, prints measured beside predicted, and
+    caches the time in the user's cache folder; a GPU plan is sized by memory and refuses it."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    dataset, out = msd_copy(), tmp_path / "bundle"
+    args = ["plan", str(dataset), "-o", str(out), "--target", "cpu", "--max-minutes", "100000", "--measure"]
+    assert main([*args, "--explain"]) == 0
+    printed = capsys.readouterr().out
+    assert "s measured on this machine" in printed and "seconds_per_step_predicted" in printed
+    cache = json.loads((tmp_path / "cache" / "step_times.json").read_text())
+    compute = json.loads((out / "plans" / "plan.json").read_text())["values"]["compute"]
+    (timed,) = cache.values()  # one candidate timed: the first the FLOP model fits
+    assert timed["seconds"] == pytest.approx(compute["value"]["seconds_per_step_measured"], rel=1e-3)
+
+    assert main([*args[:-3], "--target", "gpu", "--measure", "--force"]) != 0
+    assert "sized by memory" in capsys.readouterr().err

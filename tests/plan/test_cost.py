@@ -1,0 +1,86 @@
+"""A training step's cost (medseg.plan.cost): counted on the meta device, measured on this machine,
+cached per machine, torch version and candidate; a measured plan records both times."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from medseg.errors import ConfigError
+from medseg.plan.cost import StepTimer, estimate_step, measure_step
+from medseg.plan.planner import explain, make_plan
+from medseg.render import BundleTemplate
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL_UNET = {
+    "_target_": "medseg.networks.UNet",
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "out_channels": 3,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 1,
+    "norm": "instance",
+}
+
+
+@pytest.fixture(scope="module")
+def fingerprint() -> dict[str, Any]:
+    return json.loads((REPO / "bundles/hippocampus_unet3d/plans/fingerprint.json").read_text())
+
+
+def test_count_and_measurement_of_one_step() -> None:
+    counted = estimate_step(SMALL_UNET, [32, 32], 2)
+    assert counted["gflop"] > 0 and counted["parameters"] > 0
+    assert measure_step(SMALL_UNET, [32, 32], 2, steps=1) > 0
+
+
+def test_step_timer_caches_per_candidate(tmp_path: Path) -> None:
+    cache = tmp_path / "step_times.json"
+    first = StepTimer(cache_file=cache, steps=1)
+    seconds = first.seconds(SMALL_UNET, [32, 32], 2, predicted=0.001)
+    assert first.measured == 1 and first.cached == 0
+    assert first.ratio == pytest.approx(seconds / 0.001)
+
+    again = StepTimer(cache_file=cache, steps=1)  # a later plan on this machine: nothing is timed
+    assert again.seconds(SMALL_UNET, [32, 32], 2, predicted=0.001) == seconds
+    assert (again.measured, again.cached) == (0, 1)
+    again.seconds(SMALL_UNET, [32, 32], 4, predicted=0.001)  # another candidate is timed
+    assert again.measured == 1 and len(json.loads(cache.read_text())) == 2
+
+    context = again.context()
+    assert context["torch"] == torch.__version__ and context["threads"] == torch.get_num_threads()
+    assert context["machine"] and context["device"] == "cpu"
+
+
+def test_measured_plan_records_measured_and_predicted(fingerprint: dict[str, Any], tmp_path: Path) -> None:
+    """With a budget the FLOP model already fits, one candidate is timed, and the plan's epochs come
+    from the measured step; planning again on this machine takes the time from the cache."""
+    timer = StepTimer(cache_file=tmp_path / "step_times.json", steps=1)
+    plan = make_plan(fingerprint, target="cpu", cpu_cores=2, max_minutes=100_000, timer=timer)
+    compute = plan["values"]["compute"]
+    measured = compute["value"]["seconds_per_step_measured"]
+    assert timer.measured == 1 and compute["value"]["seconds_per_step"] == measured
+    assert compute["value"]["seconds_per_step_predicted"] > 0
+    assert compute["data"]["measurement"] == timer.context()
+    assert "measured on this machine" in compute["rule"]
+    steps_per_epoch = compute["value"]["steps_per_epoch"]
+    epochs = plan["values"]["training"]["value"]["max_epochs"]
+    assert epochs == int(100_000 * 60 * 0.9 / (measured * steps_per_epoch))
+    text = explain(plan)
+    assert "seconds_per_step_measured" in text and "seconds_per_step_predicted" in text
+
+    cached = StepTimer(cache_file=tmp_path / "step_times.json", steps=1)
+    assert make_plan(fingerprint, target="cpu", cpu_cores=2, max_minutes=100_000, timer=cached) == plan
+    assert cached.measured == 0
+    # the bundle is rendered from the plan alone: its check does not depend on this machine
+    assert BundleTemplate(plan).files() == BundleTemplate(json.loads(json.dumps(plan))).files()
+
+
+def test_gpu_plans_are_not_timed(fingerprint: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="sized by memory"):
+        make_plan(fingerprint, target="gpu", timer=StepTimer(cache_file=tmp_path / "c.json"))
