@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -555,14 +556,17 @@ class _RayPool:
 
 
 def _ray_error_line(exc: BaseException) -> str:
-    """The line of a Ray error that says what happened (its cause's, for a failed actor constructor)."""
-    cause = getattr(exc, "cause", None) or getattr(exc, "error", None)
-    if isinstance(cause, BaseException):
-        return first_line(cause)
-    for line in str(exc).splitlines():
-        if line.strip() and not line.startswith("Traceback"):
-            return line.strip()
-    return type(exc).__name__
+    """The line of a Ray error that says what happened: the last ``SomeError: message`` line of its
+    text (for an actor whose constructor failed, the constructor's own error), else its first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours the task names
+    errors = [line.strip() for line in text.splitlines() if _ERROR_LINE.match(line.strip())]
+    if errors:
+        return errors[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)(\([^)]*\))?: \S")
 
 
 def _record(

@@ -5,6 +5,7 @@
   recorded once in ``manifest.jsonl``, a bad input (a series with a missing slice) is recorded as
   failed without stopping the batch, and every label map equals, voxel for voxel, the one the
   same batch writes in one process;
+* a bundle that no worker can load stops the batch with the workers' own error;
 * ``--resume`` runs only what is not done (a deleted result, the failed inputs) and the exit code
   is the number of failed inputs.
 
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from medseg.cli.main import main
+from medseg.errors import MedsegError
 from medseg.segment import BatchSettings, discover_inputs, read_manifest, run_batch
 from medseg.segment.batch import MANIFEST
 
@@ -126,6 +128,24 @@ def test_ray_batch_survives_a_killed_node_and_equals_one_process(
         np.testing.assert_array_equal(got[0], want[0], err_msg=name)
         np.testing.assert_array_equal(got[1], want[1], err_msg=name)
     assert not [p for p in out.rglob(".*")], "a staging folder was left behind"
+
+
+@pytest.mark.slow
+def test_a_bundle_no_worker_can_load_stops_with_its_reason(
+    inputs: list[str], cluster, tmp_path: Path
+) -> None:
+    ray_cluster, _ = cluster
+    bundle = tmp_path / "hippocampus_unet3d"
+    shutil.copytree(BUNDLE, bundle)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"]["_target_"] = "NoSuchNetwork"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    items, _ = discover_inputs(inputs[:2])
+    settings = BatchSettings(workers=1, ray_address=ray_cluster.address, progress=False, max_attempts=1)
+    with pytest.raises(MedsegError, match="no Ray worker could start") as raised:
+        run_batch(items, bundle, tmp_path / "out", settings=settings)
+    assert "NoSuchNetwork" in str(raised.value)
+    assert not (tmp_path / "out" / MANIFEST).exists()  # nothing was segmented, nothing recorded
 
 
 def test_resume_runs_only_what_is_not_done(
