@@ -6,7 +6,8 @@ this script measures what that choice gives on the machine it runs on, both prec
 in one run (interleaved, so a slow spell of a shared machine hits both alike):
 
 1. forward of each bundle's network over one sliding-window batch of its ``roi_size`` (channels-last
-   weights, as medseg runs CPU networks), median of ``--repeats`` after a warm-up;
+   weights, as medseg runs CPU networks), median of ``--repeats`` after a warm-up; wall time and the
+   process's CPU time (on a machine shared with other work the CPU time is the steadier figure);
 2. one training step (forward, Dice-CE loss, backward, SGD) of ``hippocampus_unet3d``'s network,
    batch 2 of 40x56x40 (its training patch), fp32 master weights in both;
 3. ``medseg.bundle.evaluate_bundle`` of every shipped bundle on fold 0: mean Dice per precision, the
@@ -79,17 +80,21 @@ def forward_speed(names: list[str], repeats: int) -> list[dict]:
         network = ChannelsLast(inference.network)
         x = torch.randn(batch, 1, *roi)
         models = {"fp32": network, "bf16": Autocast(network)}
-        times = {p: [] for p in PRECISIONS}
+        times: dict = {p: [] for p in PRECISIONS}
+        cpu: dict = {p: [] for p in PRECISIONS}
         with torch.inference_mode():
             for p in PRECISIONS:
                 models[p](x)
             for _ in range(repeats):  # interleaved
                 for p in PRECISIONS:
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     models[p](x)
                     times[p].append(time.perf_counter() - start)
+                    cpu[p].append(time.process_time() - start_cpu)
         ms = {p: round(statistics.median(times[p]) * 1000, 1) for p in PRECISIONS}
-        rows.append({"bundle": name, "input": [batch, 1, *roi], "ms": ms, "speedup": round(ms["fp32"] / ms["bf16"], 2)})
+        cpu_ms = {p: round(statistics.median(cpu[p]) * 1000, 1) for p in PRECISIONS}
+        rows.append({"bundle": name, "input": [batch, 1, *roi], "ms": ms, "speedup": round(ms["fp32"] / ms["bf16"], 2),
+                     "cpu_ms": cpu_ms, "cpu_speedup": round(cpu_ms["fp32"] / cpu_ms["bf16"], 2)})
         print(f"forward {name} {rows[-1]['input']}: {ms} ({rows[-1]['speedup']}x)", file=sys.stderr)
     return rows
 
@@ -117,18 +122,22 @@ def train_step_speed(repeats: int) -> dict:
         loss_fn(model(x), y).backward()
         optimizer.step()
 
-    times = {p: [] for p in PRECISIONS}
+    times: dict = {p: [] for p in PRECISIONS}
+    cpu: dict = {p: [] for p in PRECISIONS}
     for p in PRECISIONS:
         step(models[p])
     for _ in range(repeats):
         for p in PRECISIONS:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step(models[p])
             times[p].append(time.perf_counter() - start)
+            cpu[p].append(time.process_time() - start_cpu)
     ms = {p: round(statistics.median(times[p]) * 1000, 1) for p in PRECISIONS}
-    print(f"train step: {ms}", file=sys.stderr)
+    cpu_ms = {p: round(statistics.median(cpu[p]) * 1000, 1) for p in PRECISIONS}
+    print(f"train step: {ms}, CPU {cpu_ms}", file=sys.stderr)
     return {"network": "hippocampus_unet3d", "input": [2, 1, 40, 56, 40], "ms": ms,
-            "speedup": round(ms["fp32"] / ms["bf16"], 2)}
+            "speedup": round(ms["fp32"] / ms["bf16"], 2), "cpu_ms": cpu_ms,
+            "cpu_speedup": round(cpu_ms["fp32"] / cpu_ms["bf16"], 2)}
 
 
 def evaluate_all(names: list[str], save) -> list[dict]:
@@ -171,18 +180,19 @@ def markdown(results: dict) -> str:
         f"(`auto` picks {m['auto_picks']}); torch {m['torch']}, MONAI {m['monai']}; load average "
         f"{m['load_average_start']} at the start, {m['load_average_end']} at the end.",
         "",
-        "| network forward (one window batch, channels-last) | input | fp32 ms | bf16 ms | speed-up |",
-        "|---|---|---:|---:|---:|",
+        "| network forward (one window batch, channels-last) | input | fp32 ms | bf16 ms | speed-up | "
+        "CPU-time speed-up |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for row in results["forward"]:
         lines.append(f"| {row['bundle']} | {'x'.join(map(str, row['input']))} | {row['ms']['fp32']} | "
-                     f"{row['ms']['bf16']} | {row['speedup']}x |")
+                     f"{row['ms']['bf16']} | {row['speedup']}x | {row.get('cpu_speedup', '-')}x |")
     t = results.get("train_step")
     if t:
-        lines += ["", "| training step (forward, Dice-CE, backward, SGD) | input | fp32 ms | bf16 ms | speed-up |",
-                  "|---|---|---:|---:|---:|",
+        lines += ["", "| training step (forward, Dice-CE, backward, SGD) | input | fp32 ms | bf16 ms | speed-up | "
+                  "CPU-time speed-up |", "|---|---|---:|---:|---:|---:|",
                   f"| {t['network']} | {'x'.join(map(str, t['input']))} | {t['ms']['fp32']} | {t['ms']['bf16']} | "
-                  f"{t['speedup']}x |"]
+                  f"{t['speedup']}x | {t.get('cpu_speedup', '-')}x |"]
     if results.get("evaluate"):
         lines += ["", "| `medseg evaluate` fold 0 | cases | Dice fp32 | Dice bf16 | difference | s fp32 | s bf16 | "
                   "time bf16/fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
