@@ -458,9 +458,6 @@ def _search(fp: Mapping[str, Any], spec: NetworkSpec, budget: Budget, geometry: 
 # -- the rules of the data ---------------------------------------------------------------------------
 
 
-# -- the other rules --------------------------------------------------------------------------------
-
-
 def _loss(fp: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
     fractions = {int(k): float(v) for k, v in fp["label_fraction"].items()}
     rare = {k: f for k, f in fractions.items() if k > 0 and f < RARE_CLASS_FRACTION}

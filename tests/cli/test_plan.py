@@ -98,6 +98,7 @@ def test_recorded_overrides_are_applied(msd_copy, tmp_path):
     assert json.loads((out / "plans" / "overrides.json").read_text()) == {"augmentation.mirror_axes": [0]}
 
 
+@pytest.mark.slow  # fingerprints a dataset and times real training steps
 def test_plan_measure_times_steps_once_per_machine(msd_copy, tmp_path, capsys, monkeypatch):
     """--measure times the chosen candidate's training steps, prints measured beside predicted, and
     caches the time in the user's cache folder; a GPU plan is sized by memory and refuses it."""

@@ -57,6 +57,7 @@ def test_step_timer_caches_per_candidate(tmp_path: Path) -> None:
     assert context["machine"] and context["device"] == "cpu"
 
 
+@pytest.mark.slow  # times real steps of a 4.7 M-parameter 3-D network
 def test_measured_plan_records_measured_and_predicted(fingerprint: dict[str, Any], tmp_path: Path) -> None:
     """With a budget the FLOP model already fits, one candidate is timed, and the plan's epochs come
     from the measured step; planning again on this machine takes the time from the cache."""
