@@ -25,6 +25,7 @@ from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 from medseg.bundle.core import open_bundle
 from medseg.bundle.loader import is_ensemble, load_weights, weight_files
 from medseg.precision import resolve_precision, with_precision
+from medseg.render.records import ENSEMBLE_RECORD
 from medseg.serve.label.versions import VERSION_FILE, VersionStore
 
 __all__ = ["LATEST", "MedsegInferTask", "latest_weights", "resolve_weights", "weight_versions"]
@@ -107,7 +108,7 @@ class MedsegInferTask(BundleInferTask):
 
     def get_path(self, validate: bool = True) -> str | None:
         if self.ensemble:
-            return str(Path(self.bundle_path) / "plans" / "ensemble.json")
+            return str(Path(self.bundle_path) / ENSEMBLE_RECORD)
         path = latest_weights(self.bundle_path)
         return str(path) if path.is_file() or not validate else None
 
