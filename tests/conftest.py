@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
-# dataset-building fixtures (msd_copy, nnunet_copy, kvasir_png, hippocampus_png, hippocampus_slices)
+# dataset-building fixtures (msd_copy, nnunet_copy, kvasir_png, kvasir_jpeg, hippocampus_png, hippocampus_slices)
 from support.datasets import (  # noqa: E402, F401
     hippocampus_png,
     hippocampus_slices,
+    kvasir_jpeg,
     kvasir_png,
     msd_copy,
     nnunet_copy,

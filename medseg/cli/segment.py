@@ -149,6 +149,17 @@ def _segment(args: argparse.Namespace, output: Path) -> Any:
         )
 
 
+def _segment_photo(args: argparse.Namespace, output: Path) -> int:
+    """One PNG/JPEG photograph: a PNG label map on its own size, the overlay and the report."""
+    from medseg.segment.photo import segment_photo
+
+    with quiet_libraries(getattr(args, "verbose", False)):
+        result = segment_photo(args.input[0], args.bundle, output, device=args.device)
+    areas = ", ".join(f"{e['name']} {e['fraction']:.1%}" for e in result.report["labels"])
+    print(f"{areas} of the photograph -> {result.output_dir}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Segment ``args.input``; returns 0, or the number of failed inputs of a batch (capped at 100)."""
     from medseg.errors import ConfigError
@@ -158,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} exists and is not a folder")
+    from medseg.io.formats import is_photo_file
+
+    if len(args.input) == 1 and is_photo_file(args.input[0]):
+        return _segment_photo(args, output)
     # read the input on the other core while torch and MONAI are imported (a batch folder
     # fails to read as one image: then the prefetch is simply not used)
     if len(args.input) == 1:

@@ -8,8 +8,10 @@
 * **nnU-Net v2 raw**: ``dataset.json`` with ``channel_names``, ``labels``
   (``{"background": 0, ...}``), ``numTraining`` and ``file_ending``; one file per channel,
   ``imagesTr/<case>_<XXXX><ending>``, and ``labelsTr/<case><ending>``. 2-D datasets may be
-  ``.png``: a grey PNG is one channel, an RGB ``<case>_0000.png`` supplies the three channels named
-  in ``channel_names`` (as nnU-Net's Dataset120 does); label PNGs hold class indices.
+  photographs, ``.png`` or ``.jpg``/``.jpeg``: a grey image is one channel, an RGB
+  ``<case>_0000<ending>`` supplies the three channels named in ``channel_names`` (as nnU-Net's
+  Dataset120 does); labels are PNGs of class indices (``labelsTr/<case>.png`` also for JPEG images,
+  whose lossy compression would blur class indices).
 
 A dataset that cannot train a model correctly is refused before anything is written, with one
 line that names the case and says what to fix (:class:`DatasetError`). :func:`open_dataset` does
@@ -36,7 +38,7 @@ import numpy as np
 
 from medseg.data.datalist import DEFAULT_NUM_FOLDS
 from medseg.errors import DatasetError, InputError, first_line
-from medseg.io.formats import PHOTO_SUFFIXES, strip_image_suffix
+from medseg.io.formats import PHOTO_SUFFIXES, photo_label_ending, strip_image_suffix
 
 __all__ = [
     "DatasetError",
@@ -231,18 +233,21 @@ def _nnunet_spec(root: Path, meta: dict[str, Any]) -> DatasetSpec:
     label_dir, image_dir = root / "labelsTr", root / "imagesTr"
     if not label_dir.is_dir() or not image_dir.is_dir():
         raise DatasetError(f"{root} needs imagesTr/ and labelsTr/ folders (nnU-Net v2 raw layout)")
-    case_ids = sorted(_strip_ending(p.name, ending) for p in label_dir.iterdir() if p.name.endswith(ending))
+    label_ending = photo_label_ending(ending)
+    case_ids = sorted(
+        _strip_ending(p.name, label_ending) for p in label_dir.iterdir() if p.name.endswith(label_ending)
+    )
     rgb_png = ending.lower() in PHOTO_SUFFIXES and len(channels) == 3
     cases = []
     for cid in case_ids:
         files = [image_dir / f"{cid}_{k:04d}{ending}" for k in sorted(channels)]
         if rgb_png and files[0].is_file() and not files[1].exists():
             files = files[:1]  # one RGB PNG supplies the three channels
-        cases.append(Case(cid, tuple(files), label_dir / f"{cid}{ending}"))
+        cases.append(Case(cid, tuple(files), label_dir / f"{cid}{label_ending}"))
     declared = meta.get("numTraining")
     if declared is not None and int(declared) != len(cases):
         raise DatasetError(
-            f"dataset.json says numTraining {declared} but labelsTr/ holds {len(cases)} '{ending}' labels; "
+            f"dataset.json says numTraining {declared} but labelsTr/ holds {len(cases)} '{label_ending}' labels; "
             "add the missing labels or correct numTraining"
         )
     return DatasetSpec(
@@ -322,7 +327,7 @@ def load_datalist(path: str | os.PathLike, num_folds: int = DEFAULT_NUM_FOLDS) -
 
 
 def _read_png(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """A PNG as ``(rows, columns[, channels])`` and a unit-spacing 2-D affine."""
+    """A photograph (PNG or JPEG) as ``(rows, columns[, channels])`` and a unit-spacing 2-D affine."""
     from PIL import Image
 
     try:
@@ -331,7 +336,10 @@ def _read_png(path: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
                 img = img.convert("RGB" if img.mode != "LA" else "L")
             array = np.asarray(img)
     except OSError as exc:
-        raise DatasetError(f"case {case_id}: {path.name} cannot be read as PNG ({first_line(exc)})") from exc
+        raise DatasetError(
+            f"case {case_id}: {path.name} cannot be read as a photograph ({first_line(exc)}); "
+            "re-export it or remove the case"
+        ) from exc
     return array, np.eye(3)
 
 

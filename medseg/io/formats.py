@@ -12,6 +12,11 @@ nrrd      ``.nhdr``                   detached header: the voxels are in the dat
                                       file(s) it names (``data file:``)
 dicom     a folder of series, or a    recognised by content (``DICM`` preamble), not
           file (``.dcm`` or none)     by name; see :mod:`medseg.io.dicom`
+photo     ``.png``, ``.jpg``,         2-D photographs (endoscopy, dermatology) without
+          ``.jpeg``                   geometry: images and labels (PNG only: JPEG is
+                                      lossy) of 2-D datasets, and ``medseg segment``
+                                      inputs of photograph bundles; never discovered
+                                      in a folder nor accepted by ``medseg serve``
 ========  ==========================  ===============================================
 
 Ids (:func:`discover`), one rule for every caller:
@@ -51,7 +56,10 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "NRRD_SUFFIXES",
     "PHOTO_SUFFIXES",
+    "PHOTO_LABEL_SUFFIX",
     "DICOM_SUFFIXES",
+    "photo_label_ending",
+    "is_photo_file",
     "file_format",
     "image_suffix",
     "strip_image_suffix",
@@ -70,14 +78,21 @@ class FileFormat:
 
     Attributes:
         suffix: lower-case ending, with its dot(s).
-        format: ``"nifti"`` or ``"nrrd"``.
+        format: ``"nifti"``, ``"nrrd"`` or ``"photo"``.
         self_contained: False for a detached header whose voxels are in other files (``.nhdr``):
             such a file cannot be uploaded alone nor linked alone into another folder.
+        lossless: False for a format whose voxels change when written (JPEG): no label file.
     """
 
     suffix: str
     format: str
     self_contained: bool = True
+    lossless: bool = True
+
+    @property
+    def volume(self) -> bool:
+        """A medical volume format (with geometry), as opposed to a 2-D photograph."""
+        return self.format != "photo"
 
 
 # Longest ending first: ".nii.gz" must win over ".nii" ... (none is a suffix of another today).
@@ -86,16 +101,22 @@ FILE_FORMATS: tuple[FileFormat, ...] = (
     FileFormat(".nii", "nifti"),
     FileFormat(".nrrd", "nrrd"),
     FileFormat(".nhdr", "nrrd", self_contained=False),
+    FileFormat(".png", "photo"),
+    FileFormat(".jpg", "photo", lossless=False),
+    FileFormat(".jpeg", "photo", lossless=False),
 )
-IMAGE_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS)
-SELF_CONTAINED_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.self_contained)
+# The volume formats: what folders are searched for and medseg serve takes.
+IMAGE_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.volume)
+SELF_CONTAINED_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.volume and f.self_contained)
 NIFTI_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.format == "nifti")
 NRRD_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.format == "nrrd")
 # DICOM files are recognised by content; this ending is only a hint for readers that go by name.
 DICOM_SUFFIXES = (".dcm",)
-# 2-D photographs (endoscopy, dermatology) without geometry: labelled training data of a dataset
-# (medseg.data.dataset reads them), not inputs that medseg segment/serve discover.
-PHOTO_SUFFIXES = (".png",)
+# 2-D photographs without geometry: images of 2-D datasets (medseg.data.dataset reads them) and
+# inputs of photograph bundles (medseg.segment.photo), not discovered in folders.
+PHOTO_SUFFIXES = tuple(f.suffix for f in FILE_FORMATS if f.format == "photo")
+# Labels of a photograph dataset whose images are lossy (JPEG) are PNG files.
+PHOTO_LABEL_SUFFIX = ".png"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NHDR_DATA_FILE = re.compile(r"^data ?file\s*:\s*(.*)$", re.IGNORECASE)
@@ -106,8 +127,29 @@ def _entry(name: str | os.PathLike) -> FileFormat | None:
     return next((f for f in FILE_FORMATS if lower.endswith(f.suffix)), None)
 
 
+def photo_label_ending(ending: str) -> str:
+    """The label file ending of a dataset whose images end in ``ending``: the same, except PNG for a
+    lossy photograph format (a JPEG label would blur its class indices at the edges).
+
+    Args:
+        ending: the images' ``file_ending`` (``.nii.gz``, ``.png``, ``.jpg``).
+    """
+    entry = _entry(ending)
+    return PHOTO_LABEL_SUFFIX if entry is not None and not entry.lossless else ending
+
+
+def is_photo_file(path: str | os.PathLike) -> bool:
+    """True for an existing PNG or JPEG file: a photograph input (``medseg segment`` of a photo bundle).
+
+    Args:
+        path: the input path.
+    """
+    return Path(path).is_file() and file_format(Path(path).name) == "photo"
+
+
 def file_format(name: str | os.PathLike) -> str | None:
-    """``"nifti"`` or ``"nrrd"`` from a file name's ending; None for anything else (DICOM included).
+    """``"nifti"``, ``"nrrd"`` or ``"photo"`` from a file name's ending; None for anything else
+    (DICOM included).
 
     Args:
         name: file name or path; nothing is read.
@@ -137,7 +179,7 @@ def strip_image_suffix(name: str) -> str:
 
 
 def image_format(path: str | os.PathLike) -> str:
-    """``"dicom"``, ``"nifti"`` or ``"nrrd"`` for an existing path; a folder is a DICOM series.
+    """``"dicom"``, ``"nifti"``, ``"nrrd"`` or ``"photo"`` for an existing path; a folder is a DICOM series.
 
     Args:
         path: file or folder.
@@ -283,7 +325,8 @@ def _image_files(root: Path, exclude: Path | None) -> list[Path]:
             dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).resolve() != skip]
         dirnames.sort()
         for filename in sorted(filenames):
-            if not filename.startswith(".") and image_suffix(filename) is not None:
+            entry = _entry(filename)
+            if not filename.startswith(".") and entry is not None and entry.volume:
                 found.append(Path(dirpath) / filename)
     return found
 

@@ -175,6 +175,11 @@ def read_image(
         return read_nifti(path)
     if kind == "nrrd":
         return read_nrrd(path)
+    if kind == "photo":
+        raise InputError(
+            f"{path} is a photograph (no geometry): only a bundle planned on photographs segments it "
+            "(medseg segment PHOTO --bundle PHOTO_BUNDLE); convert medical images to NIfTI or DICOM"
+        )
     return read_dicom(path, series_uid=series_uid, decoder=decoder)
 
 

@@ -73,6 +73,7 @@ from medseg.plan.overrides import (
     override_labels,
     split_overrides,
 )
+from medseg.plan.resolution import Resolution, choose_resolution
 from medseg.plan.values import planned as _value
 from medseg.plan.values import rounded as _r
 from medseg.render.records import Plan, installed_versions
@@ -455,6 +456,45 @@ def _search(fp: Mapping[str, Any], spec: NetworkSpec, budget: Budget, geometry: 
     raise AssertionError("a budget's ladder has at least one rung")
 
 
+def _rescaled(geometry: _Geometry, scale: float, square: bool = False) -> _Geometry:
+    """The geometry at a coarser scale: spacing divided by ``scale``, the median shape times it
+    (``square``: photographs, resized to a square of the median image's geometric-mean side)."""
+    shape = [m * scale for m in geometry.median_shape]
+    if square:
+        shape = [float(np.prod(shape)) ** (1 / len(shape))] * len(shape)
+    return replace(geometry, spacing=[s / scale for s in geometry.spacing], median_shape=shape)
+
+
+def _plan_resolution(
+    fp: Mapping[str, Any], spec: NetworkSpec, budget: Budget, geometry: _Geometry, photographs: bool
+) -> Resolution:
+    """The search at the finest resolution the budget lets the training see enough of
+    (:mod:`medseg.plan.resolution`)."""
+    return choose_resolution(
+        geometry,
+        lambda g: _search(fp, spec, budget, g),
+        lambda g, scale: _rescaled(g, scale, square=photographs),
+        budget,
+        _samples_per_epoch(fp, geometry),
+        photographs,
+        lambda found: {"width": found.width.name, "over_budget": found.over_budget},
+    )
+
+
+def _coarser_spacing(entry: Mapping[str, Any], resolution: Resolution, geometry: _Geometry) -> dict[str, Any]:
+    """The target spacing entry at the chosen scale (volumes only; the in-plane axes of slices)."""
+    spacing = list(entry["value"])
+    for axis in geometry.axes:
+        spacing[axis] = _r(spacing[axis] / resolution.scale, 6)
+    return _value(
+        spacing,
+        f"{entry['rule']}; then coarser by {_r(resolution.scale, 3)} along the network's axes, to see the "
+        "images often enough within the budget (see resolution)",
+        full_resolution=entry["value"],
+        **entry["data"],
+    )
+
+
 # -- the rules of the data ---------------------------------------------------------------------------
 
 
@@ -821,7 +861,12 @@ def make_plan(
     geometry = _geometry(fingerprint, dims, values["target_spacing"]["value"])
     values["slicing"] = _plan_slicing(geometry, dims)
     values["normalization"] = _normalization(fingerprint, rgb)
-    found = _search(fingerprint, spec, budget, geometry)
+    photographs = int(dataset["spatial_dims"]) == 2
+    resolution = _plan_resolution(fingerprint, spec, budget, geometry, photographs)
+    found, geometry = resolution.found, resolution.geometry
+    values["resolution"] = resolution.value
+    if resolution.scale != 1.0 and not photographs:
+        values["target_spacing"] = _coarser_spacing(values["target_spacing"], resolution, geometry)
     values["compute"] = _plan_compute(found, budget)
     values["patch_size"] = _plan_patch_size(found, geometry)
     values["network"] = _plan_network(found, spec, dims)

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medseg.errors import ConfigError
+from medseg.io.formats import PHOTO_SUFFIXES
 from medseg.networks.registry import total_stride
 from medseg.render.records import RECORD_FILE, Plan
 
@@ -142,7 +143,12 @@ class BundleTemplate:
         self.slice_axis: int | None = None if slicing is None else int(slicing["slice_axis"])
         self.slices_per_volume = 1 if slicing is None else int(slicing["slices_per_volume"])
         self.dims = int(self.inputs["dims"])
-        self.png = self.dataset["file_ending"].lower() == ".png"
+        # photographs (PNG or JPEG: no geometry), read with PIL; labels and predictions are PNGs
+        self.png = self.dataset["file_ending"].lower() in PHOTO_SUFFIXES
+        # the planned size every photograph is resized to (resolution for time), or None
+        self.target_size: list[int] | None = (
+            self.plan["resolution"]["target_size"] if "resolution" in self.plan.entries else None
+        )
         self.labels = {int(k): v for k, v in self.dataset["labels"].items()}
         self.num_classes = len(self.labels)
         self.channels = list(self.dataset["channels"].values())
@@ -187,12 +193,22 @@ class BundleTemplate:
         one = keys if len(keys) > 1 else keys[0]
         steps: list[dict[str, Any]] = [{"_target_": "EnsureChannelFirstd", "keys": one}]
         if self.png:
-            return steps
+            return steps + self.resize(keys)
         modes = ["bilinear", "nearest"][: len(keys)]
         steps.append({"_target_": "Orientationd", "keys": one, "axcodes": "RAS"})
         steps.append({"_target_": "Spacingd", "keys": one, "pixdim": self.spacing,
                       "mode": modes if len(keys) > 1 else modes[0]})  # fmt: skip
         return steps
+
+    def resize(self, keys: list[str]) -> list[dict[str, Any]]:
+        """Photographs to the planned target size (image bilinear with anti-aliasing, label nearest);
+        none at full resolution. Invertible: predictions go back to each image's own size."""
+        if self.target_size is None:
+            return []
+        modes, smooth = ["bilinear", "nearest"][: len(keys)], [True, False][: len(keys)]
+        one = len(keys) == 1
+        return [{"_target_": "Resized", "keys": keys[0] if one else keys, "spatial_size": self.target_size,
+                 "mode": modes[0] if one else modes, "anti_aliasing": smooth[0] if one else smooth}]  # fmt: skip
 
     def normalize(self) -> dict[str, Any]:
         """The planned intensity normalisation (one scheme for every channel)."""
@@ -602,18 +618,34 @@ class BundleTemplate:
             "_target_": "Compose",
             "transforms": [
                 {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {
-                    "_target_": "Invertd",
-                    "keys": ["pred", "label"],
-                    "transform": "@validate#preprocessing",
-                    "orig_keys": "image",
-                    "nearest_interp": [False, True],
-                    "to_tensor": True,
-                },  # fmt: skip
+                self.evaluation_invert(),
                 *argmax,
                 self.one_hot(argmax_pred=not components),
             ],
         }
+
+    def evaluation_invert(self) -> dict[str, Any]:
+        """Prediction (and label) back to each case's original grid; resized photographs keep their
+        original label (:meth:`evaluation_preprocessing`), so only the prediction is resized back."""
+        resized = self.target_size is not None
+        return {"_target_": "Invertd", "keys": ["pred"] if resized else ["pred", "label"],
+                "transform": "@validate#preprocessing", "orig_keys": "image",
+                "nearest_interp": False if resized else [False, True], "to_tensor": True}  # fmt: skip
+
+    def evaluation_preprocessing(self) -> dict[str, Any]:
+        """``validate#preprocessing`` of evaluate.json for resized photographs: the image at the planned
+        size, the label at the image's own size (Dice on each image's own size); others: none."""
+        if self.target_size is None:
+            return {}
+        keys = ["image", "label"]
+        transforms = [
+            self.load(keys, medseg_reader=False),
+            {"_target_": "EnsureChannelFirstd", "keys": keys},
+            *self.resize(["image"]),
+            self.normalize(),
+            {"_target_": "EnsureTyped", "keys": keys, "dtype": ["$torch.float32", "$torch.uint8"]},
+        ]
+        return {"validate#preprocessing": {"_target_": "Compose", "transforms": transforms}}
 
     def metrics_saver(self) -> list[dict[str, Any]]:
         return [
@@ -633,6 +665,7 @@ class BundleTemplate:
         return {
             "output_dir": "$@bundle_root + '/runs/eval'",
             "validate#evaluator#network": "@network",
+            **self.evaluation_preprocessing(),
             "validate#postprocessing": self.evaluation_postprocessing(),
             # a named key, so that ``medseg evaluate --weights`` overrides ``checkpointloader#load_path``
             "checkpointloader": _checkpoint_loader("$@ckpt_dir + '/model.pt'"),

@@ -185,3 +185,22 @@ def test_rgb_png_as_grey_channel_count(kvasir_png):
     meta["channel_names"] = {"0": "photo"}
     (kvasir_png / "dataset.json").write_text(json.dumps(meta))
     _expect(kvasir_png, "3 image channel", "declares 1")
+
+
+def test_jpeg_images_with_png_labels(kvasir_jpeg):
+    """nnU-Net layout with file_ending .jpg: RGB JPEG images, PNG labels (JPEG would blur class indices)."""
+    root = kvasir_jpeg(count=6)
+    spec = open_dataset(root)
+    assert spec.file_ending == ".jpg" and spec.spatial_dims == 2 and spec.is_rgb and len(spec.cases) == 6
+    assert all(c.images[0].name.endswith("_0000.jpg") and c.label.suffix == ".png" for c in spec.cases)
+    shapes = set()
+    for case in spec.cases:
+        data = read_case(spec, case)
+        assert data.image.shape[0] == 3 and data.label.shape == data.image.shape[1:]
+        assert set(np.unique(data.label)) == {0, 1}
+        shapes.add(data.shape)
+    assert len(shapes) > 1  # the photos differ in size
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": 7}))
+    with pytest.raises(DatasetError, match="'.png' labels"):
+        open_dataset(root)

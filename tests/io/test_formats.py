@@ -178,3 +178,19 @@ def test_segment_batch_and_serve_datastore_use_the_same_ids(studies: Path, tmp_p
     assert (tmp_path / "ds" / "files_liver.nrrd").is_symlink()
     served = load_image(tmp_path / "ds" / "files_detached.nii.gz")
     assert np.array_equal(served.numpy(), load_image(studies / "files" / "detached.nhdr").numpy())
+
+
+def test_photographs_are_in_the_table_but_not_discovered(shared_data, tmp_path):
+    """PNG/JPEG are one table's rows (format "photo", JPEG lossy) yet no volume input of a folder or of serve."""
+    from medseg.io.formats import PHOTO_SUFFIXES, photo_label_ending
+
+    assert set(PHOTO_SUFFIXES) == {".png", ".jpg", ".jpeg"}
+    assert not set(PHOTO_SUFFIXES) & set(IMAGE_SUFFIXES + SELF_CONTAINED_SUFFIXES)
+    assert file_format("polyp.JPG") == "photo" and strip_image_suffix("a_0000.jpeg") == "a_0000"
+    assert [photo_label_ending(e) for e in (".jpg", ".jpeg", ".png", ".nii.gz")] == [".png", ".png", ".png", ".nii.gz"]
+    photo = next((shared_data / "kvasir-seg-dev" / "images").glob("*.jpg"))
+    (tmp_path / photo.name).symlink_to(photo)
+    assert image_format(tmp_path / photo.name) == "photo"
+    assert discover(tmp_path).files == []
+    with pytest.raises(InputError, match="photograph"):
+        load_image(tmp_path / photo.name)

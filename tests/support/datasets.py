@@ -104,6 +104,45 @@ def write_kvasir_png(source: Path, root: Path) -> Path:
     return root
 
 
+def write_kvasir_dev(source: Path, root: Path, count: int | None = None) -> Path:
+    """The Kvasir-SEG development split as a 2-D nnU-Net raw dataset of JPEG photographs.
+
+    ``imagesTr/<case>_0000.jpg`` and ``labelsTr/<case>.png`` are symbolic links to the split's own
+    files (its masks already hold 0/1), so nothing is copied or re-encoded.
+
+    Args:
+        source: the ``kvasir-seg-dev`` folder (``images/*.jpg``, ``masks/*.png``).
+        root: the dataset folder to write (created; outside the repository).
+        count: only the first ``count`` cases by sorted id (default: all).
+    """
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    cases = sorted(p.stem for p in (source / "images").glob("*.jpg"))[:count]
+    for cid in cases:
+        (root / "imagesTr" / f"{cid}_0000.jpg").symlink_to((source / "images" / f"{cid}.jpg").resolve())
+        (root / "labelsTr" / f"{cid}.png").symlink_to((source / "masks" / f"{cid}.png").resolve())
+    meta = {
+        "name": "KvasirSEG polyps",
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "polyp": 1},
+        "numTraining": len(cases),
+        "file_ending": ".jpg",
+        "licence": "research and education use (Kvasir-SEG, Jha et al. 2020)",
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return root
+
+
+@pytest.fixture
+def kvasir_jpeg(tmp_path: Path, shared_data: Path) -> Callable[..., Path]:
+    """``make(count=10)``: the first Kvasir-SEG development photos as JPEG nnU-Net data (:func:`write_kvasir_dev`)."""
+
+    def make(count: int = 10, name: str = "kvasir_jpeg") -> Path:
+        return write_kvasir_dev(shared_data / "kvasir-seg-dev", tmp_path / name, count)
+
+    return make
+
+
 @pytest.fixture
 def kvasir_png(tmp_path: Path, shared_data: Path) -> Path:
     """The Kvasir-SEG polyp photos as a 2-D nnU-Net dataset (:func:`write_kvasir_png`)."""
