@@ -1,0 +1,199 @@
+"""Photographs under a wall-clock budget: ``medseg plan`` against a naive 2-D recipe on Kvasir-SEG dev.
+
+The data folder's ``kvasir-seg-dev`` (500 colonoscopy photos of varying sizes with polyp masks) is
+linked into the nnU-Net raw layout in a temporary folder (JPEG images, PNG labels; nothing copied).
+Both recipes train on folds 2-4 of the fixed split for the same wall-clock minutes, one after the
+other in one run on the same CPU, and are scored on fold 0 (the test fold, 100 photos) by Dice on
+each photo's own size:
+
+* **medseg**: ``medseg plan --dims 2 --max-minutes M`` (``--measure`` to time the candidates),
+  ``medseg train --max-minutes M``, ``medseg evaluate --fold 0``.
+* **naive**: the recipe the planner must beat (issue 21): photos resized to 256 x 256, MONAI
+  ``UNet`` (16-256 channels, 2 residual units), Dice-CE, AdamW 1e-3 with a cosine decay over the
+  budget's wall clock, random flips only, batch 8; predictions resized back to each photo's size.
+
+    python benchmarks/photos.py --minutes 8 --out benchmarks/results/photos.json
+
+The machine's load is recorded before and after each recipe: on a shared machine the figures
+depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+NAIVE_SIZE = 256
+NAIVE_BATCH = 8
+NAIVE_LR = 1e-3
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _cli(*args: str, log: Path) -> float:
+    start = time.time()
+    with log.open("a") as out:
+        out.write(f"$ medseg {' '.join(args)}\n")
+        out.flush()
+        subprocess.run([sys.executable, "-m", "medseg.cli.main", *args], stdout=out, stderr=subprocess.STDOUT,
+                       check=True)  # fmt: skip
+    return time.time() - start
+
+
+def medseg_recipe(data: Path, work: Path, minutes: float, measure: bool) -> dict[str, Any]:
+    """Plan, train and evaluate with medseg; the plan's resolution choice and the fold-0 Dice."""
+    bundle, log = work / "bundle", work / "medseg_log.txt"
+    before = load()
+    plan_s = _cli("plan", str(data), "--dims", "2", "--output", str(bundle), "--max-minutes", str(minutes),
+                  *(["--measure"] if measure else []), log=log)  # fmt: skip
+    train_s = _cli("train", str(bundle), "--data", str(data), "--max-minutes", str(minutes), "--no-progress", log=log)
+    metrics = work / "medseg_metrics.json"
+    eval_s = _cli("evaluate", str(bundle), "--data", str(data), "--fold", "0", "--output", str(metrics), log=log)
+    values = json.loads((bundle / "plans" / "plan.json").read_text())["values"]
+    iterations = [line for line in log.read_text().splitlines() if "trained" in line and "iterations" in line]
+    return {
+        "recipe": "medseg",
+        "mean_dice": json.loads(metrics.read_text())["metrics"]["val_mean_dice"],
+        "resolution": values["resolution"]["value"],
+        "patch_size": values["patch_size"]["value"],
+        "batch_size": values["batch_size"]["value"],
+        "channels": values["network"]["value"]["channels"],
+        "seconds_per_step_planned": values["compute"]["value"]["seconds_per_step"],
+        "trained": iterations[-1] if iterations else None,
+        "plan_seconds": round(plan_s, 1),
+        "train_seconds": round(train_s, 1),
+        "evaluate_seconds": round(eval_s, 1),
+        "load_before": before,
+        "load_after": load(),
+    }
+
+
+def _photos(items: list[dict[str, Any]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    images, labels = [], []
+    for item in items:
+        with Image.open(item["image"]) as img:
+            images.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255)
+        with Image.open(item["label"]) as lab:
+            labels.append(np.asarray(lab.resize((size, size), Image.NEAREST), np.int64))
+    return np.stack(images).transpose(0, 3, 1, 2), np.stack(labels)[:, None]
+
+
+def naive_recipe(data: Path, minutes: float) -> dict[str, Any]:
+    """The naive 2-D recipe, trained for ``minutes`` of wall clock (data loading included)."""
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+    from PIL import Image
+
+    from medseg.data import split_folds
+    from medseg.data.dataset import load_datalist
+
+    before, start = load(), time.time()
+    budget = 60 * minutes
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    datalist = load_datalist(data)
+    x, y = _photos(split_folds(datalist, [2, 3, 4]), NAIVE_SIZE)
+    net = UNet(2, 3, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=NAIVE_LR, weight_decay=1e-5)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    iterations = 0
+    train_start = time.time()
+    net.train()
+    while time.time() - start < budget:
+        fraction = (time.time() - start) / budget
+        for group in optimizer.param_groups:
+            group["lr"] = NAIVE_LR * 0.5 * (1 + math.cos(math.pi * fraction))
+        pick = rng.choice(len(x), min(NAIVE_BATCH, len(x)), replace=False)
+        xb, yb = torch.from_numpy(x[pick]), torch.from_numpy(y[pick])
+        for axis in (2, 3):
+            if rng.random() < 0.5:
+                xb, yb = xb.flip(axis), yb.flip(axis)
+        optimizer.zero_grad()
+        loss = loss_fn(net(xb), yb)
+        loss.backward()
+        optimizer.step()
+        iterations += 1
+    train_s = time.time() - start
+    net.eval()
+    scores = []
+    with torch.no_grad():
+        for item in split_folds(datalist, 0):
+            with Image.open(item["image"]) as img:
+                rgb = img.convert("RGB")
+                small = np.asarray(rgb.resize((NAIVE_SIZE, NAIVE_SIZE), Image.BILINEAR), np.float32) / 255
+                height, width = rgb.size[1], rgb.size[0]
+            probs = torch.softmax(net(torch.from_numpy(small.transpose(2, 0, 1))[None]), 1)
+            probs = torch.nn.functional.interpolate(probs, size=(height, width), mode="bilinear")
+            pred = probs[0].argmax(0).numpy() > 0
+            truth = np.asarray(Image.open(item["label"])) > 0
+            both = pred.sum() + truth.sum()
+            scores.append(float(2 * np.logical_and(pred, truth).sum() / both) if both else 1.0)
+    return {
+        "recipe": f"naive {NAIVE_SIZE}x{NAIVE_SIZE}, batch {NAIVE_BATCH}",
+        "mean_dice": float(np.mean(scores)),
+        "iterations": iterations,
+        "seconds_per_step": round((time.time() - train_start) / max(1, iterations), 4),
+        "train_seconds": round(train_s, 1),
+        "load_before": before,
+        "load_after": load(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--measure", action="store_true", help="medseg plan --measure")
+    parser.add_argument("--only", choices=("medseg", "naive"), help="run one recipe")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "photos.json")
+    args = parser.parse_args()
+
+    from support.datasets import write_kvasir_dev
+
+    from medseg.data import default_data_dir
+
+    source = default_data_dir("kvasir-seg-dev")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="medseg-photos-") as tmp:
+        data = write_kvasir_dev(Path(source), Path(tmp) / "kvasir")
+        if args.only in (None, "medseg"):
+            rows.append(medseg_recipe(data, Path(tmp), args.minutes, args.measure))
+        if args.only in (None, "naive"):
+            rows.append(naive_recipe(data, args.minutes))
+    result = {
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "minutes": args.minutes,
+        "fold": 0,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"Kvasir-SEG dev, fold 0 (100 photos), {args.minutes:g} wall-clock minutes of training each")
+    print("| recipe | mean Dice | load before | load after |")
+    print("|---|---:|---|---|")
+    for row in rows:
+        print(f"| {row['recipe']} | {row['mean_dice']:.4f} | {row['load_before']} | {row['load_after']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
