@@ -41,7 +41,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "input",
         metavar="INPUT",
         nargs="+",
-        help="DICOM folder or file, .nii/.nii.gz or .nrrd, or a folder of them; several are a batch",
+        help="DICOM folder or file, .nii/.nii.gz or .nrrd, a folder of them, or a DICOMweb study query "
+        "(http://PACS/dicom-web/studies/UID or ...?PatientID=P); several are a batch",
     )
     parser.add_argument(
         "--bundle", required=True, metavar="BUNDLE", help="bundle folder, e.g. bundles/hippocampus_unet3d"
@@ -175,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
         return _segment_photo(args, output)
     # read the input on the other core while torch and MONAI are imported (a batch folder
     # fails to read as one image: then the prefetch is simply not used)
-    if len(args.input) == 1:
+    from medseg.segment.dicomweb import is_dicomweb_url
+
+    if len(args.input) == 1 and not is_dicomweb_url(args.input[0]):
         prefetch.start(args.input[0], args.series)
     try:
         result = _segment(args, output)

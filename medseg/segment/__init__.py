@@ -89,8 +89,38 @@ def segment(
     be several paths (always a batch); ``batch`` sets Ray workers and resume
     (:mod:`medseg.segment.batch`), ``flag_of`` how Ray workers name parameters in messages;
     ``low_memory`` runs the sliding window slab by slab (:mod:`medseg.segment.slabs`);
-    ``rtstruct=False`` writes no RT structure set for DICOM input.
+    ``rtstruct=False`` writes no RT structure set for DICOM input. An input that is a DICOMweb URL
+    with a study query is fetched first (:mod:`medseg.segment.dicomweb`).
     """
+    from medseg.segment.dicomweb import local_inputs
+
+    with local_inputs(input_path) as local:  # a DICOMweb study query: its series, fetched
+        return _segment_local(
+            local, bundle, output_dir, series_uid=series_uid, device=device, tta=tta, fast=fast,
+            overlap=overlap, force=force, progress=progress, segmenter=segmenter, rtstruct=rtstruct,
+            precision=precision, batch=batch, flag_of=flag_of, low_memory=low_memory,
+        )  # fmt: skip
+
+
+def _segment_local(
+    input_path: str | os.PathLike | Sequence[str | os.PathLike],
+    bundle: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    series_uid: str | None,
+    device: str,
+    tta: bool,
+    fast: bool,
+    overlap: float | None,
+    force: bool,
+    progress: bool,
+    segmenter: Segmenter | None,
+    rtstruct: bool,
+    precision: str | None,
+    batch: BatchSettings | None,
+    flag_of: Callable[[str], str] | None,
+    low_memory: bool,
+) -> BatchResult:
     items, single = discover_inputs(input_path, series_uid, exclude=output_dir)
     options = {"device": device, "tta": tta, "overlap": overlap, "fast": fast, "precision": precision,
                "rtstruct": rtstruct}
