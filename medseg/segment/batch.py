@@ -551,7 +551,10 @@ class _RayPool:
         return entry
 
     def _no_worker_message(self) -> str:
-        why = self.startup_failures[-1] if self.startup_failures else "no worker became ready"
+        """The reason no worker started: a constructor's own error line when one was seen (a worker
+        that then died without a word, e.g. while the batch gave up, says less)."""
+        own = [line for line in self.startup_failures if _ERROR_LINE.match(line)]
+        why = (own or self.startup_failures or ["no worker became ready"])[-1]
         return f"no Ray worker could start or stay up: {why}"
 
 
