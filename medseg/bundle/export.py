@@ -24,7 +24,11 @@ def _example_input(bundle: Bundle, inference: BundleInference) -> torch.Tensor:
         raise BundleError(f"bundle {bundle.name} defines no roi_size: cannot choose the export input shape")
     channels = int(bundle.input_format.get("num_channels", 1))
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, channels, *inference.roi_size, generator=generator)
+    example = torch.randn(1, channels, *inference.roi_size, generator=generator)
+    guidance = int(bundle.input_format.get("guidance_channels", 0) or 0)
+    if guidance:  # an interactive bundle's click channels hold gaussians in [0, 1]
+        example[:, channels - guidance :] = torch.rand(1, guidance, *inference.roi_size, generator=generator)
+    return example
 
 
 def export_bundle(
