@@ -12,7 +12,8 @@ weights and one set of settings for all three:
 
 1. ``python -m monai.bundle run`` on that config (MONAI's reference path);
 2. ``medseg segment`` on the same series and bundle (``--force``: the random CT network is not a
-   real bundle; it writes the NIfTI, the DICOM SEG, the overlay and the report);
+   real bundle; it writes the NIfTI, the DICOM SEG, the overlay and the report; ``--no-rtstruct``: the
+   random network's speckle mask would make an RT structure set of hundreds of thousands of contours);
 3. the floor: the network forward alone over the same windows (as many batches of 4 96^3 windows
    as the sliding window runs on the network grid of (2)), no reading, resampling or writing;
    3b. the same with channels-last tensors, the layout ``medseg segment`` runs CPU networks in
@@ -373,7 +374,7 @@ def one_round(python: str, bundle: Path, ct: Path, work: Path, grid: list[int] |
         [
             python, "-m", "medseg.cli.main", "segment", str(ct),
             "--bundle", str(bundle), "--output", str(out),
-            "--overlap", str(OVERLAP), "--force", "--no-progress",
+            "--overlap", str(OVERLAP), "--force", "--no-progress", "--no-rtstruct",
         ],
         cwd=REPO,
     )  # fmt: skip
@@ -383,7 +384,7 @@ def one_round(python: str, bundle: Path, ct: Path, work: Path, grid: list[int] |
         [
             python, "-m", "medseg.cli.main", "segment", str(ct),
             "--bundle", str(bundle), "--output", str(out_fp32),
-            "--overlap", str(OVERLAP), "--force", "--no-progress", "--precision", "fp32",
+            "--overlap", str(OVERLAP), "--force", "--no-progress", "--no-rtstruct", "--precision", "fp32",
         ],
         cwd=REPO,
     )  # fmt: skip
