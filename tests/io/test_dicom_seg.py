@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from support.dciodvfy import dciodvfy_errors
 
 from medseg.errors import DicomError, GeometryError, SeriesSelectionError
 from medseg.io import load_image
@@ -25,32 +24,6 @@ from medseg.segment import read_seg, resample_labels_nearest, segment_specs, wri
 pytestmark = pytest.mark.needs_data
 
 HIPPO_LABELS = {0: "background", 1: "anterior hippocampus", 2: "posterior hippocampus"}
-
-
-def dciodvfy_path() -> str:
-    """The dciodvfy binary; installed with apt-get when missing; the test skips only if that fails."""
-    found = shutil.which("dciodvfy")
-    if found:
-        return found
-    if shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "dicom3tools"],
-            capture_output=True,
-            timeout=600,
-            check=False,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        found = shutil.which("dciodvfy")
-    if not found:
-        pytest.skip("dciodvfy (Debian dicom3tools) is not installed and cannot be installed")
-    return found
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """The error lines dciodvfy reports for a file (warnings are kept out)."""
-    run = subprocess.run([dciodvfy_path(), str(path)], capture_output=True, text=True, timeout=120)
-    lines = (run.stdout + run.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
 
 
 @pytest.fixture(scope="module")
