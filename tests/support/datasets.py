@@ -92,16 +92,7 @@ def write_kvasir_png(source: Path, root: Path) -> Path:
         )
         mask = np.asarray(Image.open(source / "masks" / f"{cid}.jpg").convert("L")) > 127
         Image.fromarray(mask.astype(np.uint8)).save(root / "labelsTr" / f"{cid}.png")
-    meta = {
-        "name": "Kvasir-SEG polyps",
-        "channel_names": {"0": "R", "1": "G", "2": "B"},
-        "labels": {"background": 0, "polyp": 1},
-        "numTraining": len(cases),
-        "file_ending": ".png",
-        "licence": "research and education use",
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
-    return root
+    return _write_kvasir_meta(root, len(cases), ".png")
 
 
 def write_kvasir_dev(source: Path, root: Path, count: int | None = None) -> Path:
@@ -121,12 +112,17 @@ def write_kvasir_dev(source: Path, root: Path, count: int | None = None) -> Path
     for cid in cases:
         (root / "imagesTr" / f"{cid}_0000.jpg").symlink_to((source / "images" / f"{cid}.jpg").resolve())
         (root / "labelsTr" / f"{cid}.png").symlink_to((source / "masks" / f"{cid}.png").resolve())
+    return _write_kvasir_meta(root, len(cases), ".jpg")
+
+
+def _write_kvasir_meta(root: Path, cases: int, ending: str) -> Path:
+    """The nnU-Net v2 ``dataset.json`` of a Kvasir-SEG dataset folder (RGB photos, polyp labels)."""
     meta = {
-        "name": "KvasirSEG polyps",
+        "name": "Kvasir-SEG polyps",
         "channel_names": {"0": "R", "1": "G", "2": "B"},
         "labels": {"background": 0, "polyp": 1},
-        "numTraining": len(cases),
-        "file_ending": ".jpg",
+        "numTraining": cases,
+        "file_ending": ending,
         "licence": "research and education use (Kvasir-SEG, Jha et al. 2020)",
     }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))

@@ -68,7 +68,6 @@ from medseg.serve.label import auth, labels, proxy, uploads, versions, worker
 from medseg.serve.label.guard import clean_scratch, guard, request_folder
 from medseg.serve.label.guard import workdir as guard_workdir
 from medseg.serve.label.worker import JobError, error_status
-from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
 from medseg.serve.users import ROLE_PREFIX
 
 __all__ = ["app", "api", "stock_app", "startup", "infer_pool"]
@@ -141,12 +140,8 @@ RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
 def _save_upload(upload: UploadFile, folder: str) -> str:
     """The upload in the request's folder, checked against the server's limits (no voxel read yet)."""
     name = os.path.basename(upload.filename or "image.nii.gz")
-    path = uploads.save_upload(upload, folder, f"upload{uploads.upload_suffix(name)}")
-    try:
-        check_volume_file(path, name, UploadLimits.from_env())
-    except UploadRefused as exc:
-        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
-    return path
+    # read=False: the inference worker reads it (and refuses it there, with the same message)
+    return uploads.checked_image(upload, folder, f"upload{uploads.upload_suffix(name)}", name, read=False)
 
 
 def _output_options(p: dict[str, Any], from_datastore: bool) -> None:

@@ -198,8 +198,7 @@ def make_router(allowed_labels: Any, label_names: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
     from medseg.serve.label.guard import request_folder
-    from medseg.serve.label.uploads import save_upload
-    from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
+    from medseg.serve.label.uploads import checked_image
     from medseg.serve.names import FINAL, NameRefused, label_tag, plain_name
 
     router = APIRouter(prefix="/datastore", tags=["Datastore"])
@@ -219,12 +218,7 @@ def make_router(allowed_labels: Any, label_names: Any) -> Any:
                 detail=f"image {image!r} is not in the datastore; upload it first (PUT /datastore/image)",
             )
         with request_folder("label-") as folder:
-            path = save_upload(upload, folder, f"label{suffix}")
-            try:
-                check_volume_file(path, name, UploadLimits.from_env())
-            except UploadRefused as exc:
-                logger.warning("label for %s refused: %s", image, exc)
-                raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+            path = checked_image(upload, folder, f"label{suffix}", name, read=False)
             series_dir = datastore.series_dir(image) if hasattr(datastore, "series_dir") else None
             image_uri = datastore.get_image_uri(image)
             try:

@@ -84,6 +84,30 @@ def parse_params(params: str | None) -> dict[str, Any]:
     return parsed
 
 
+def checked_image(upload: Any, folder: os.PathLike, filename: str, name: str, read: bool = True) -> str:
+    """An upload saved in the request's ``folder`` as ``filename``, within the server's limits
+    (:mod:`medseg.serve.limits`, no voxel read) and, with ``read``, readable as a 3-D image.
+
+    Raises:
+        fastapi.HTTPException: 413 / 415 / 422 with the reason, naming the upload as ``name``.
+    """
+    from fastapi import HTTPException
+
+    from medseg.serve.label.worker import JobError, check_image_file
+    from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
+
+    path = save_upload(upload, folder, filename)
+    try:
+        check_volume_file(path, name, UploadLimits.from_env())
+        if read:
+            check_image_file(path, name)
+    except UploadRefused as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from None
+    except JobError as exc:
+        raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+    return path
+
+
 def make_router() -> Any:
     """The upload routes (MONAI Label venv only)."""
     from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
@@ -93,22 +117,13 @@ def make_router() -> Any:
     from starlette.concurrency import run_in_threadpool
 
     from medseg.serve.label.guard import request_folder
-    from medseg.serve.label.worker import JobError, check_image_file
-    from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
     from medseg.serve.names import NameRefused
 
     router = APIRouter(prefix="/datastore", tags=["Datastore"])
 
     def _store(image_id: str, upload: Any, name: str, suffix: str, params: dict[str, Any]) -> dict[str, Any]:
         with request_folder("image-") as folder:
-            path = save_upload(upload, folder, f"{image_id}{suffix}")
-            try:
-                check_volume_file(path, name, UploadLimits.from_env())
-                check_image_file(path, name)
-            except UploadRefused as exc:
-                raise HTTPException(status_code=exc.status, detail=str(exc)) from None
-            except JobError as exc:
-                raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+            path = checked_image(upload, folder, f"{image_id}{suffix}", name)
             return {"image": app_instance().datastore().add_image(image_id, path, params)}
 
     async def api_add_image(
@@ -150,8 +165,6 @@ def make_session_router() -> Any:
     from starlette.concurrency import run_in_threadpool
 
     from medseg.serve.label.guard import request_folder
-    from medseg.serve.label.worker import JobError, check_image_file
-    from medseg.serve.limits import UploadLimits, UploadRefused, check_volume_file
 
     router = APIRouter(prefix="/session", tags=["Session"])
 
@@ -160,14 +173,7 @@ def make_session_router() -> Any:
         if sessions is None:
             raise HTTPException(status_code=406, detail="sessions are not enabled on this server")
         with request_folder("session-") as folder:
-            path = save_upload(upload, folder, f"image{suffix}")
-            try:
-                check_volume_file(path, name, UploadLimits.from_env())
-                check_image_file(path, name)
-            except UploadRefused as exc:
-                raise HTTPException(status_code=exc.status, detail=str(exc)) from None
-            except JobError as exc:
-                raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+            path = checked_image(upload, folder, f"image{suffix}", name)
             session_id, info = sessions.add_session(path, max(0, int(expiry)), False)
         return {"session_id": session_id, "session_info": info.to_json()}
 
