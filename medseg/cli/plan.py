@@ -16,7 +16,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from medseg.plan.planner import DEFAULT_CPU_MINUTES, NETWORK_NAMES, TARGETS
+    from medseg.plan.planner import DEFAULT_CPU_MINUTES, NETWORK_NAMES, REFERENCE_GPU_MEMORY_GB, TARGETS
 
     parser = subparsers.add_parser(
         "plan",
@@ -29,14 +29,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("dataset", help="dataset folder holding dataset.json")
     parser.add_argument("--output", "-o", required=True, help="bundle folder (plans/ is written inside)")
-    parser.add_argument("--network", default="unet", choices=NETWORK_NAMES, help="network (default unet)")
+    parser.add_argument(
+        "--network",
+        default=None,
+        choices=NETWORK_NAMES,
+        help="network (default: unet for a CPU plan, resencunet for a GPU plan: nnU-Net's residual-encoder "
+        "U-Net with the ResEnc preset of --gpu-memory-gb)",
+    )
     parser.add_argument("--dims", type=int, choices=(3, 2), default=None, help="3 or 2 (default: the data's)")
     parser.add_argument("--name", help="bundle name (default: from the dataset's name and the network)")
     parser.add_argument(
         "--target",
         choices=TARGETS,
         default=None,
-        help="plan for CPU time or GPU memory (default: cpu when no CUDA device is present)",
+        help="plan for CPU time or GPU memory (default: cpu when no CUDA device is present, or gpu with "
+        "--gpu-memory-gb)",
+    )
+    parser.add_argument("--gpu", action="store_true", help="plan for GPU memory (the same as --target gpu)")
+    parser.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        default=None,
+        help=f"GPU plans: the GPU's memory (default {REFERENCE_GPU_MEMORY_GB:g}, nnU-Net's reference); it also "
+        "picks nnU-Net's ResEnc preset: below 16 GB M, below 32 GB L, else XL (e.g. 8, 24, 40)",
     )
     parser.add_argument(
         "--max-minutes",
@@ -100,13 +115,26 @@ def _default_target() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def _target(args: argparse.Namespace) -> str:
+    """The budget's kind: --target, --gpu or --gpu-memory-gb (a GPU plan), else what this machine has."""
+    from medseg.errors import ConfigError
+
+    gpu = args.gpu or args.gpu_memory_gb is not None
+    if args.target is not None and args.target != "gpu" and gpu:
+        option = "--gpu" if args.gpu else "--gpu-memory-gb"
+        raise ConfigError(f"{option} plans for a GPU but --target is {args.target}; drop one of them")
+    if args.target is not None:
+        return str(args.target)
+    return "gpu" if gpu else _default_target()
+
+
 def run(args: argparse.Namespace) -> int:
     from medseg.data.dataset import open_dataset
     from medseg.errors import ConfigError
     from medseg.io.atomic import atomic_write_json
     from medseg.plan.cost import StepTimer
     from medseg.plan.fingerprint import extract_fingerprint
-    from medseg.plan.planner import explain, make_plan
+    from medseg.plan.planner import REFERENCE_GPU_MEMORY_GB, explain, make_plan
     from medseg.render import BUNDLE_FILES, render_bundle
     from medseg.render.interactive import planned_template
     from medseg.render.records import (
@@ -125,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{existing[0]} exists; add --force to replace the plan and the bundle's files")
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    target = _target(args)
     overrides = _read_overrides(root / OVERRIDES_FILE)
     concepts = _read_json_object(Path(args.concepts), "--concepts") if args.concepts else None
     spec = open_dataset(args.dataset)
@@ -133,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
         fingerprint,
         network=args.network,
         dims=args.dims,
-        target=args.target or _default_target(),
+        target=target,
         name=args.name,
         max_minutes=args.max_minutes,
+        gpu_memory_gb=REFERENCE_GPU_MEMORY_GB if args.gpu_memory_gb is None else args.gpu_memory_gb,
         dataset_folder=spec.root.name,
         overrides=overrides,
         concepts=concepts,
@@ -166,6 +196,12 @@ def run(args: argparse.Namespace) -> int:
         f"batch {planned['batch_size']}, {planned['training']['max_epochs']} epochs"
     )
     compute = planned["compute"]
+    if "memory_budget_gib" in compute:
+        preset = f", nnU-Net ResEnc preset {compute['preset']}" if "preset" in compute else ""
+        print(
+            f"GPU memory: {compute['memory_gib_at_batch']} GiB estimated at the planned batch, budget "
+            f"{compute['memory_budget_gib']} GiB{preset}"
+        )
     if "seconds_per_step_measured" in compute:
         print(
             f"step time: {compute['seconds_per_step_measured']} s measured on this machine, "

@@ -4,8 +4,8 @@ Every network takes ``spatial_dims``, ``in_channels`` and ``out_channels`` (plus
 options), and returns logits of the input's spatial size for any input size: inputs are
 padded to a multiple of the network's total stride and the logits cropped back.
 
-Create one by name with :func:`create` (``unet``, ``deeplabv3plus``, ``fcn``, ``segnet``,
-``pspnet``), or by class path in a MONAI bundle config::
+Create one by name with :func:`create` (``unet``, ``resencunet``, ``deeplabv3plus``, ``fcn``,
+``segnet``, ``pspnet``), or by class path in a MONAI bundle config::
 
     "network_def": {"_target_": "medseg.networks.DeepLabV3Plus", "spatial_dims": 3,
                     "in_channels": 1, "out_channels": 3}
@@ -33,12 +33,14 @@ if TYPE_CHECKING:
     from medseg.networks.deeplabv3plus import DeepLabV3Plus
     from medseg.networks.fcn import FCN
     from medseg.networks.pspnet import PSPNet
+    from medseg.networks.resencunet import ResidualEncoderUNet
     from medseg.networks.segnet import SegNet
     from medseg.networks.unet import UNet
 
 __all__ = [
     "SegmentationModel",
     "UNet",
+    "ResidualEncoderUNet",
     "DeepLabV3Plus",
     "FCN",
     "SegNet",
@@ -71,6 +73,7 @@ _LAZY = {
     "DeepLabV3Plus": "medseg.networks.deeplabv3plus",
     "FCN": "medseg.networks.fcn",
     "PSPNet": "medseg.networks.pspnet",
+    "ResidualEncoderUNet": "medseg.networks.resencunet",
     "SegNet": "medseg.networks.segnet",
     "UNet": "medseg.networks.unet",
 }

@@ -24,10 +24,13 @@ from typing import Any, ClassVar
 from medseg.errors import ConfigError
 
 __all__ = [
+    "RESENC_BLOCKS_DOWN",
+    "RESENC_BLOCKS_UP",
     "Design",
     "NetworkSpec",
     "network_spec",
     "network_specs",
+    "resenc_blocks",
     "total_stride",
 ]
 
@@ -99,6 +102,8 @@ class NetworkSpec:
 
     name: ClassVar[str]
     target: ClassVar[str]
+    description: ClassVar[str] = ""
+    """What the network's blocks are, when the planned width does not say it (joins the plan's rule)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,6 +135,17 @@ class NetworkSpec:
         return False
 
 
+def _stride_product(spatial_dims: int, strides: Sequence[int | Sequence[int]]) -> tuple[int, ...]:
+    """The total stride of an encoder whose levels stride by ``strides`` (per level, int or per axis)."""
+    per_level = [_per_axis(s, spatial_dims) for s in strides]
+    return tuple(prod(level[axis] for level in per_level) for axis in range(spatial_dims))
+
+
+def _planned_strides(design: Design) -> list[Any]:
+    """The planned strides as a config lists them: an int where every axis strides alike."""
+    return [list(s) if len(set(s)) > 1 else s[0] for s in design.strides]
+
+
 class UNetSpec(NetworkSpec):
     """MONAI's residual U-Net: its depth and per-axis strides are the planned ones."""
 
@@ -139,21 +155,63 @@ class UNetSpec(NetworkSpec):
     def total_stride(
         self, spatial_dims: int, strides: Sequence[int | Sequence[int]] = (2, 2, 2, 2), **_: Any
     ) -> tuple[int, ...]:
-        per_level = [_per_axis(s, spatial_dims) for s in strides]
-        return tuple(prod(level[axis] for level in per_level) for axis in range(spatial_dims))
+        return _stride_product(spatial_dims, strides)
 
     def network_def(self, design: Design) -> dict[str, Any]:
         return {
             "_target_": self.target,
             **design.common,
             "channels": design.widths,
-            "strides": [list(s) if len(set(s)) > 1 else s[0] for s in design.strides],
+            "strides": _planned_strides(design),
             "num_res_units": design.blocks,
             "norm": "instance",
         }
 
     def channels_last(self, spatial_dims: int) -> bool:
         return spatial_dims == 3
+
+
+# nnU-Net's ResEnc presets (ResEncUNetPlanner): residual blocks per encoder stage, 6 for every deeper
+# stage, and one convolution per decoder stage.
+RESENC_BLOCKS_DOWN = (1, 3, 4, 6)
+RESENC_BLOCKS_UP = 1
+
+
+def resenc_blocks(levels: int) -> tuple[list[int], list[int]]:
+    """nnU-Net's ResEnc block counts for ``levels`` levels: residual blocks per encoder stage and
+    convolutions per decoder stage (shallowest first)."""
+    last = len(RESENC_BLOCKS_DOWN) - 1
+    down = [RESENC_BLOCKS_DOWN[min(level, last)] for level in range(levels)]
+    return down, [RESENC_BLOCKS_UP] * (levels - 1)
+
+
+class ResidualEncoderUNetSpec(NetworkSpec):
+    """nnU-Net's residual-encoder U-Net (the ResEnc presets' network): the planned depth, strides and
+    width, with nnU-Net's block counts whatever the width's ``blocks``."""
+
+    name = "resencunet"
+    target = "medseg.networks.ResidualEncoderUNet"
+    description = (
+        "nnU-Net's residual encoder: (1, 3, 4, 6, 6, ...) residual blocks per encoder stage, one "
+        "convolution per decoder stage (nnU-Net's ResEnc presets, Isensee et al. 2024)"
+    )
+
+    def total_stride(
+        self, spatial_dims: int, strides: Sequence[int | Sequence[int]] = (2, 2, 2, 2), **_: Any
+    ) -> tuple[int, ...]:
+        return _stride_product(spatial_dims, strides)
+
+    def network_def(self, design: Design) -> dict[str, Any]:
+        down, up = resenc_blocks(design.levels)
+        return {
+            "_target_": self.target,
+            **design.common,
+            "channels": design.widths,
+            "strides": _planned_strides(design),
+            "blocks_down": down,
+            "blocks_up": up,
+            "norm": "instance",
+        }
 
 
 class _DilatedSpec(NetworkSpec):

@@ -6,6 +6,11 @@ GPU step must fit the memory), which networks are tried, how small a patch may g
 epochs are planned and how the rule reads. Each :class:`Budget` subclass answers those questions,
 as nnU-Net's ``ExperimentPlanner`` subclasses change a planner's presets, so a new kind of budget
 is one new class (it registers itself under its ``target`` name for ``medseg plan --target``).
+
+A GPU plan of nnU-Net's residual-encoder U-Net (the GPU default) follows nnU-Net's ResEnc presets
+(``nnUNetPlannerResEncM``, ``L``, ``XL``; Isensee et al., MICCAI 2024), one per class of GPU: the
+preset is chosen from the GPU's memory (:func:`resenc_preset`), and like nnU-Net's presets it lets a
+batch cover the whole dataset rather than 5 % of it; the memory the plan must fit is the GPU's own.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from medseg.errors import ConfigError
-from medseg.networks.registry import network_spec
+from medseg.networks.registry import ResidualEncoderUNetSpec, network_spec
 from medseg.plan.cost import StepTimer, estimate_step
 from medseg.plan.values import rounded as _r
 
@@ -31,13 +36,16 @@ __all__ = [
     "REFERENCE_CPU_CORES",
     "REFERENCE_CPU_GFLOPS",
     "REFERENCE_GPU_MEMORY_GB",
+    "RESENC_PRESETS",
     "Assessment",
     "Budget",
     "CpuBudget",
     "GpuBudget",
+    "ResEncPreset",
     "Width",
     "cpu_cores",
     "make_budget",
+    "resenc_preset",
 ]
 
 MIN_BATCH_SIZE = 2
@@ -82,6 +90,67 @@ class Width:
 NNUNET_WIDTH = Width(
     "nnU-Net width", GPU_BASE_FEATURES, 2, "nnU-Net's 32 base features, two blocks per level"
 )
+RESENC_WIDTH = Width(
+    "nnU-Net ResEnc width",
+    GPU_BASE_FEATURES,
+    1,
+    "32 base features at every ResEnc preset (a larger GPU buys a larger patch and batch, not a wider network)",
+)
+
+
+@dataclass(frozen=True)
+class ResEncPreset:
+    """One of nnU-Net's residual-encoder presets: the class of GPU it is made for.
+
+    Attributes:
+        name: ``M``, ``L`` or ``XL``.
+        planner: nnU-Net's planner class of the preset.
+        target_gb: the GPU memory nnU-Net's preset plans for.
+        below_gb: the preset is chosen for GPUs with less memory than this.
+        gpus: the GPUs nnU-Net names for it.
+        max_dataset_fraction: the most of the dataset's voxels one batch may hold (nnU-Net's
+            ``max_dataset_covered``; its default planner: 5 %).
+    """
+
+    name: str
+    planner: str
+    target_gb: float
+    below_gb: float
+    gpus: str
+    max_dataset_fraction: float = 1.0
+
+    def data(self) -> dict[str, Any]:
+        """The preset as the plan records it."""
+        return {
+            "name": self.name,
+            "nnunet_planner": self.planner,
+            "target_gb": self.target_gb,
+            "chosen_below_gb": None if math.isinf(self.below_gb) else self.below_gb,
+            "gpus": self.gpus,
+            "max_dataset_fraction": self.max_dataset_fraction,
+        }
+
+
+# nnU-Net v2's residual_encoder_unet_planners.py: M targets ~9-11 GB of VRAM, L ~24 GB, XL 40 GB.
+RESENC_PRESETS = (
+    ResEncPreset("M", "nnUNetPlannerResEncM", 8.0, 16.0, "RTX 2080 Ti, older Titans (9-11 GB)"),
+    ResEncPreset("L", "nnUNetPlannerResEncL", 24.0, 32.0, "RTX 4090, Titan RTX, Quadro 6000 (24 GB)"),
+    ResEncPreset("XL", "nnUNetPlannerResEncXL", 40.0, math.inf, "A100 40 GB, RTX 6000 Ada (40-48 GB)"),
+)
+
+
+def resenc_preset(gpu_memory_gb: float) -> ResEncPreset:
+    """The ResEnc preset of a GPU: M below 16 GB, L below 32 GB, XL from 32 GB."""
+    return next(preset for preset in RESENC_PRESETS if gpu_memory_gb < preset.below_gb)
+
+
+def _presets_rule() -> str:
+    """The preset rule, in words."""
+    bands = []
+    for preset in RESENC_PRESETS:
+        band = f"< {preset.below_gb:g} GB" if not math.isinf(preset.below_gb) else "otherwise"
+        bands.append(f"{band}: {preset.name} ({preset.planner}, {preset.target_gb:g} GB target)")
+    return "; ".join(bands)
 
 
 @dataclass(frozen=True)
@@ -110,13 +179,16 @@ class Budget:
         gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8).
         cores: CPU cores the training will use.
         timer: measures candidates' step times (``medseg plan --measure``); None: the FLOP model only.
+        network: the planned network's registry name (None: the kind's ``default_network``).
     """
 
     target: ClassVar[str]
+    default_network: ClassVar[str] = "unet"
     max_minutes: float = DEFAULT_CPU_MINUTES
     gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB
     cores: int = REFERENCE_CPU_CORES
     timer: StepTimer | None = field(default=None, compare=False)
+    network: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,6 +197,7 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_minutes <= 0 or self.gpu_memory_gb <= 0:
             raise ConfigError("the compute budget must be positive")
+        object.__setattr__(self, "network", network_spec(self.network or self.default_network).name)
 
     @property
     def gflops(self) -> float:
@@ -149,6 +222,10 @@ class Budget:
             "gpu_memory_gb": self.gpu_memory_gb,
             **measurement,
         }
+
+    def value(self) -> dict[str, Any]:
+        """What the plan's ``compute`` value says of the budget besides the chosen candidate's cost."""
+        return {"target": self.target}
 
     # -- what each kind decides -------------------------------------------------------------------
 
@@ -179,6 +256,20 @@ class Budget:
             final: the candidate is taken whatever the verdict (the last rung's smallest patch).
         """
         raise NotImplementedError
+
+    def batch_cap(self, dataset_voxels: float, patch_voxels: float, samples_per_epoch: int) -> int:
+        """The most samples per batch: nnU-Net's 5 % of the dataset's voxels, at least ``MIN_BATCH_SIZE``.
+
+        Args:
+            dataset_voxels: the dataset's voxels (median image times the cases).
+            patch_voxels: the padded patch's voxels.
+            samples_per_epoch: samples an epoch draws.
+        """
+        return max(MIN_BATCH_SIZE, int(round(dataset_voxels * MAX_DATASET_FRACTION_PER_BATCH / patch_voxels)))
+
+    def batch_cap_data(self, cap: int) -> dict[str, Any]:
+        """The batch cap as the plan's ``batch_size`` data records it."""
+        return {"cap_for_5_percent": cap}
 
     def exhausted(self, network: str) -> None:
         """Called when even the smallest patch of the last rung does not fit: raise, or return to
@@ -309,12 +400,48 @@ class CpuBudget(Budget):
 @dataclass(frozen=True)
 class GpuBudget(Budget):
     """Memory: a step of batch ``MIN_BATCH_SIZE`` must fit the GPU (nnU-Net's 8 GB reference); the
-    batch then grows into the memory left. nnU-Net's width only; the patch may shrink to any size."""
+    batch then grows into the memory left. nnU-Net's width only; the patch may shrink to any size.
+
+    The residual-encoder U-Net (the default network of a GPU plan) is planned with the ResEnc preset
+    of the GPU's memory (:func:`resenc_preset`); other networks with nnU-Net's default planner."""
 
     target: ClassVar[str] = "gpu"
-    ladder: ClassVar[tuple[Width, ...]] = (NNUNET_WIDTH,)
+    default_network: ClassVar[str] = ResidualEncoderUNetSpec.name
     min_coverage: ClassVar[float] = 0.0
     channels_last: ClassVar[bool] = False
+
+    @property
+    def preset(self) -> ResEncPreset | None:
+        """The ResEnc preset of this GPU, for the residual-encoder U-Net; None for other networks."""
+        if self.network != ResidualEncoderUNetSpec.name:
+            return None
+        return resenc_preset(self.gpu_memory_gb)
+
+    @property
+    def ladder(self) -> tuple[Width, ...]:
+        """The ResEnc width under a preset, else nnU-Net's plain width."""
+        return (RESENC_WIDTH,) if self.preset is not None else (NNUNET_WIDTH,)
+
+    def data(self) -> dict[str, Any]:
+        preset = self.preset
+        return {**super().data(), **({"preset": preset.data()} if preset is not None else {})}
+
+    def value(self) -> dict[str, Any]:
+        preset = self.preset
+        return {**super().value(), **({"preset": preset.name} if preset is not None else {})}
+
+    def batch_cap(self, dataset_voxels: float, patch_voxels: float, samples_per_epoch: int) -> int:
+        preset = self.preset
+        if preset is None:
+            return super().batch_cap(dataset_voxels, patch_voxels, samples_per_epoch)
+        covered = int(round(dataset_voxels * preset.max_dataset_fraction / patch_voxels))
+        return max(MIN_BATCH_SIZE, min(covered, samples_per_epoch))
+
+    def batch_cap_data(self, cap: int) -> dict[str, Any]:
+        preset = self.preset
+        if preset is None:
+            return super().batch_cap_data(cap)
+        return {"cap": cap, "max_dataset_fraction": preset.max_dataset_fraction}
 
     @staticmethod
     def step_bytes(step: Mapping[str, float], batch_size: int, per_sample: bool = False) -> float:
@@ -339,7 +466,11 @@ class GpuBudget(Budget):
         per_sample = self.step_bytes(step, MIN_BATCH_SIZE, per_sample=True)
         fixed = need - MIN_BATCH_SIZE * per_sample
         batch = int(min(batch_cap, max(MIN_BATCH_SIZE, (self.bytes - fixed) // per_sample)))
-        cost = {"memory_gib": _r(need / 2**30), "memory_budget_gib": _r(self.bytes / 2**30)}
+        cost = {
+            "memory_gib": _r(need / 2**30),
+            "memory_gib_at_batch": _r((fixed + batch * per_sample) / 2**30),
+            "memory_budget_gib": _r(self.bytes / 2**30),
+        }
         return Assessment(need <= self.bytes, batch, step, cost)
 
     def __post_init__(self) -> None:
@@ -356,16 +487,33 @@ class GpuBudget(Budget):
         )
 
     def rule(self) -> str:
-        return (
+        rule = (
             f"GPU memory: a training step of batch {MIN_BATCH_SIZE} must fit {self.gpu_memory_gb:g} GB (nnU-Net's "
             "8 GB reference); estimate = tensors autograd saves (counted on the meta device, float32) + 16 bytes "
             "per parameter (weights, gradients, AdamW moments) + 1 GiB CUDA context and workspaces"
         )
+        preset = self.preset
+        if preset is None:
+            return rule
+        return (
+            f"{rule}; nnU-Net's ResEnc preset by GPU memory ({_presets_rule()}): {self.gpu_memory_gb:g} GB gets "
+            f"{preset.name} ({preset.gpus}); the preset's network is the same at every size, so a larger GPU "
+            "keeps more of the median image in the patch (the patch shrinks from the median shape only until "
+            "it fits) and a larger batch; memory_gib_at_batch is the estimate at the planned batch"
+        )
 
     def batch_rule(self) -> str:
+        preset = self.preset
+        if preset is None:
+            return (
+                f"as many samples as fit the memory budget, at least {MIN_BATCH_SIZE}, at most "
+                f"{MAX_DATASET_FRACTION_PER_BATCH:.0%} of the dataset's voxels per batch (nnU-Net v2)"
+            )
         return (
             f"as many samples as fit the memory budget, at least {MIN_BATCH_SIZE}, at most "
-            f"{MAX_DATASET_FRACTION_PER_BATCH:.0%} of the dataset's voxels per batch (nnU-Net v2)"
+            f"{preset.max_dataset_fraction:.0%} of the dataset's voxels per batch (nnU-Net's ResEnc presets: "
+            "max_dataset_covered 1) and at most the samples an epoch draws (a medseg epoch is one pass over "
+            "the training cases)"
         )
 
     def epochs(self, cost: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, str]:
@@ -386,11 +534,14 @@ def make_budget(
     gpu_memory_gb: float = REFERENCE_GPU_MEMORY_GB,
     cores: int | None = None,
     timer: StepTimer | None = None,
+    network: str | None = None,
 ) -> Budget:
     """The budget of kind ``target`` (one of :data:`BUDGETS`); ``timer`` measures step times.
 
+    ``network`` is the planned network (None: the kind's default, ``resencunet`` for a GPU).
+
     Raises:
-        ConfigError: an unknown target or a budget that is not positive.
+        ConfigError: an unknown target or network, or a budget that is not positive.
     """
     if target not in BUDGETS:
         raise ConfigError(f"unknown target {target!r}; choose {' or '.join(BUDGETS)}")
@@ -399,4 +550,5 @@ def make_budget(
         gpu_memory_gb=gpu_memory_gb,
         cores=cpu_cores() if cores is None else int(cores),
         timer=timer,
+        network=network,
     )

@@ -24,7 +24,10 @@ The compute budget decides how large a network and patch fit (one class per kind
 * ``gpu``: memory. nnU-Net's reference is an 8 GB GPU; medseg estimates a training step's memory
   from the network itself (the tensors autograd saves for the backward pass, counted on PyTorch's
   ``meta`` device without computing anything, plus weights, gradients and two AdamW moments, plus
-  1 GiB for the CUDA context and workspaces) and shrinks the patch until a batch of 2 fits.
+  1 GiB for the CUDA context and workspaces) and shrinks the patch until a batch of 2 fits. The
+  default GPU network is nnU-Net's residual-encoder U-Net, planned with the ResEnc preset of the
+  GPU's memory (below 16 GB M, below 32 GB L, else XL): the same network at every size, a larger
+  patch and batch on a larger GPU, a batch of up to the whole dataset's voxels.
 * ``cpu``: time. A CPU training must converge within a wall-clock budget (default 15 minutes), so
   a training step may take ``budget / (MIN_EPOCHS x steps per epoch)``; a step's time is estimated
   from the network's floating-point operations (counted on the ``meta`` device) at a throughput
@@ -54,7 +57,6 @@ from medseg.networks.registry import Design, NetworkSpec, network_spec, network_
 from medseg.plan.budget import (
     BUDGETS,
     DEFAULT_CPU_MINUTES,
-    MAX_DATASET_FRACTION_PER_BATCH,
     MIN_BATCH_SIZE,
     MIN_EPOCHS,
     REFERENCE_CPU_GFLOPS,
@@ -321,15 +323,14 @@ def _initial_patch(spacing: Sequence[float], median_shape: Sequence[float]) -> l
     return [int(min(round(p), round(m))) for p, m in zip(patch, median_shape, strict=True)]
 
 
-def _batch_cap(fp: Mapping[str, Any], geometry: _Geometry, patch: Sequence[int]) -> int:
+def _dataset_voxels(fp: Mapping[str, Any], geometry: _Geometry) -> float:
+    """The dataset's voxels at the target spacing: the median image times the cases (nnU-Net's
+    ``approximate_n_voxels_dataset``), which caps the batch."""
     median_voxels = float(np.prod(geometry.median_shape))
     if geometry.slice_axis is not None:
         shapes = np.array([c["shape"] for c in fp["cases"]], dtype=np.float64)
         median_voxels *= float(np.median(shapes[:, geometry.slice_axis]))
-    dataset_voxels = median_voxels * len(fp["cases"])
-    return max(
-        MIN_BATCH_SIZE, int(round(dataset_voxels * MAX_DATASET_FRACTION_PER_BATCH / float(np.prod(patch))))
-    )
+    return median_voxels * len(fp["cases"])
 
 
 def _reduce_patch(
@@ -428,9 +429,10 @@ def _candidate(
     config = spec.network_def(design)
     stride = total_stride(config)
     padded = [int(math.ceil(p / s) * s) for p, s in zip(patch, stride, strict=True)]
-    cap = _batch_cap(fp, geometry, padded)
+    samples = _samples_per_epoch(fp, geometry)
+    cap = budget.batch_cap(_dataset_voxels(fp, geometry), float(np.prod(padded)), samples)
     slicing = geometry.slice_axis is not None
-    assessment = budget.assess(config, padded, cap, _samples_per_epoch(fp, geometry), slicing, final)
+    assessment = budget.assess(config, padded, cap, samples, slicing, final)
     return _Candidate(width, topology, config, padded, cap, assessment)
 
 
@@ -651,7 +653,7 @@ def _width_note(found: _Candidate) -> str:
 
 def _plan_compute(found: _Candidate, budget: Budget) -> dict[str, Any]:
     return _value(
-        {"target": budget.target, **found.cost},
+        {**budget.value(), **found.cost},
         budget.rule() + _width_note(found),
         **budget.data(),
         tried=list(found.tried),
@@ -681,7 +683,7 @@ def _plan_network(found: _Candidate, spec: NetworkSpec, dims: int) -> dict[str, 
         f"{spec.name} with {len(topology.strides) + 1} levels: an axis is halved while its feature map keeps >= "
         f"{2 * FEATUREMAP_MIN_EDGE} voxels and its spacing is within 2x of the finest (nnU-Net's "
         "get_pool_and_conv_props); widths double per level from the base, at most "
-        f"{MAX_FEATURES[dims]}{_width_note(found)}",
+        f"{MAX_FEATURES[dims]}{_width_note(found)}" + (f"; {spec.description}" if spec.description else ""),
         pools_per_axis=list(topology.pools_per_axis),
         strides=[list(s) for s in topology.strides],
         parameters=int(found.step["parameters"]),
@@ -690,7 +692,7 @@ def _plan_network(found: _Candidate, spec: NetworkSpec, dims: int) -> dict[str, 
 
 
 def _plan_batch_size(found: _Candidate, budget: Budget) -> dict[str, Any]:
-    return _value(found.batch, budget.batch_rule(), cap_for_5_percent=found.batch_cap)
+    return _value(found.batch, budget.batch_rule(), **budget.batch_cap_data(found.batch_cap))
 
 
 def _plan_training(
@@ -811,7 +813,7 @@ def _inputs(
 
 def make_plan(
     fingerprint: Mapping[str, Any],
-    network: str = "unet",
+    network: str | None = None,
     dims: int | None = None,
     target: str = "cpu",
     name: str | None = None,
@@ -827,12 +829,14 @@ def make_plan(
 
     Args:
         fingerprint: from :func:`medseg.plan.fingerprint.extract_fingerprint`.
-        network: one of :data:`NETWORK_NAMES` (the registry's networks).
+        network: one of :data:`NETWORK_NAMES` (the registry's networks); default ``unet`` for a CPU,
+            ``resencunet`` (nnU-Net's ResEnc presets) for a GPU.
         dims: 3 or 2 (default: the dataset's); 2 on a 3-D dataset plans a slice network.
         target: one of :data:`TARGETS`: ``"cpu"`` (plan for a wall-clock budget) or ``"gpu"`` (for memory).
         name: the bundle's name (default: derived from the dataset's name and the network).
         max_minutes: the CPU training budget (wall clock, whole training).
-        gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8).
+        gpu_memory_gb: the GPU memory budget (nnU-Net's reference: 8); it also picks the ResEnc preset
+            (below 16 GB M, below 32 GB L, else XL).
         cpu_cores: cores the CPU training will use (default: those usable here).
         overrides: ``{value name, or "value.field": replacement}`` replacing planned values; the
             rule-based value and rule stay in the entry's ``data.planned``.
@@ -851,8 +855,8 @@ def make_plan(
     """
     from medseg import __version__
 
-    spec = network_spec(network)
-    budget = make_budget(target, max_minutes, gpu_memory_gb, cpu_cores, timer)
+    budget = make_budget(target, max_minutes, gpu_memory_gb, cpu_cores, timer, network)
+    spec = network_spec(str(budget.network))
     dataset = fingerprint["dataset"]
     dims = _planned_dims(dataset, dims)
     rgb = _is_rgb(dataset)
@@ -884,11 +888,31 @@ def make_plan(
     return {"plan_version": PLAN_VERSION, "medseg_version": __version__, "inputs": inputs, "values": values}
 
 
+def _memory_line(plan: Plan) -> str:
+    """A GPU plan's memory estimate against its budget, in one line ("" for other plans)."""
+    compute = plan.values.get("compute", {})
+    if "memory_budget_gib" not in compute:
+        return ""
+    preset = plan.data("compute").get("preset")
+    batch = plan.data("batch_size").get("planned", {}).get("value", plan["batch_size"])  # before overrides
+    line = (
+        f"GPU memory: {compute.get('memory_gib_at_batch', compute['memory_gib'])} GiB estimated for a training "
+        f"step at the planned batch {batch} ({compute['memory_gib']} GiB at batch {MIN_BATCH_SIZE}), "
+        f"budget {compute['memory_budget_gib']} GiB"
+    )
+    if preset:
+        line += f"; nnU-Net ResEnc preset {preset['name']} ({preset['nnunet_planner']}, {preset['target_gb']:g} GB)"
+    return line
+
+
 def explain(plan: Plan | Mapping[str, Any]) -> str:
     """Each planned value with its rule and the data behind it, as text for ``--explain``."""
     plan = Plan.of(plan)
     inputs = plan.inputs
     lines = [f"plan for {inputs['name']} ({inputs['network']}, {inputs['dims']}-D, {inputs['target']})"]
+    memory = _memory_line(plan)
+    if memory:
+        lines.append(memory)
     for key, value in plan.values.items():
         lines.append(f"{key}: {json.dumps(value)}")
         lines.append(f"    rule: {plan.rule(key)}")

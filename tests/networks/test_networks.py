@@ -20,6 +20,7 @@ from medseg.networks.segnet import MaxUnpool
 # skips, ASPP, pyramid pooling, unpooling) is that of the defaults.
 SMALL: dict[str, dict] = {
     "unet": {"channels": (4, 8, 16, 32), "strides": (2, 2, 2), "num_res_units": 1},
+    "resencunet": {"channels": (4, 8, 16, 32), "strides": (2, 2, 2), "blocks_down": (1, 2, 2, 2)},
     "deeplabv3plus": {
         "channels": (8, 8, 16, 16, 32),
         "num_blocks": (1, 1, 1, 1),
@@ -39,6 +40,8 @@ IN_CHANNELS, OUT_CHANNELS = 1, 3
 DEFAULT_PARAMS = {
     ("unet", 2): 1_625_496,
     ("unet", 3): 4_807_482,
+    ("resencunet", 2): 21_177_187,
+    ("resencunet", 3): 62_780_835,
     ("deeplabv3plus", 2): 1_906_003,
     ("deeplabv3plus", 3): 5_040_883,
     ("fcn", 2): 1_836_985,
@@ -170,9 +173,10 @@ def test_onnx_export_dynamic_shapes(name: str, dynamo: bool, tmp_path) -> None:
 
 
 def test_registry() -> None:
-    assert networks.available() == ["deeplabv3plus", "fcn", "pspnet", "segnet", "unet"]
+    assert networks.available() == ["deeplabv3plus", "fcn", "pspnet", "resencunet", "segnet", "unet"]
     expected = {
         "unet": networks.UNet,
+        "resencunet": networks.ResidualEncoderUNet,
         "deeplabv3plus": networks.DeepLabV3Plus,
         "fcn": networks.FCN,
         "segnet": networks.SegNet,
@@ -279,6 +283,32 @@ def test_max_unpool_trace_path_equals_eager(dims: int) -> None:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(unpool, (pooled, idx))
     assert torch.equal(traced(pooled, idx), eager)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_residual_encoder_unet_structure(dims: int) -> None:
+    """nnU-Net's ResEnc layout: the blocks in the encoder, one convolution per decoder stage, per-axis
+    strides (an anisotropic first level), any input size."""
+    from monai.networks.blocks.dynunet_block import UnetResBlock
+
+    strides = ((2, 1), 2, 2) if dims == 2 else ((2, 2, 1), 2, 2)
+    net = networks.ResidualEncoderUNet(
+        dims, IN_CHANNELS, OUT_CHANNELS, channels=(4, 8, 16, 16), strides=strides, blocks_down=(1, 3, 4, 6)
+    )
+    assert net.size_divisor == ((8, 4) if dims == 2 else (8, 8, 4))
+    blocks = [sum(isinstance(m, UnetResBlock) for m in stage.modules()) for stage in net.encoder.stages]
+    assert blocks == [1, 3, 4, 6]
+    convs = [
+        [m for m in stage.modules() if isinstance(m, nn.modules.conv._ConvNd)] for stage in net.decoder.convs
+    ]
+    assert [len(c) for c in convs] == [1, 1, 1]
+    x = torch.randn(2, IN_CHANNELS, *ODD_SIZE[dims])
+    with torch.no_grad():
+        assert net.eval()(x).shape == (2, OUT_CHANNELS, *ODD_SIZE[dims])
+    with pytest.raises(ValueError, match="blocks_down needs 4 values"):
+        networks.ResidualEncoderUNet(
+            dims, 1, 2, channels=(4, 8, 16, 16), strides=strides, blocks_down=(1, 3, 4)
+        )
 
 
 def test_fcn_upsampling_initialised_bilinear() -> None:

@@ -17,6 +17,15 @@ from medseg.networks.registry import _SPECS, Design, UNetSpec, network_spec, net
     [
         ("unet", {"channels": (8, 16, 32), "strides": ((2, 2, 1), 2)}),
         ("unet", {}),
+        (
+            "resencunet",
+            {
+                "channels": (8, 16, 32),
+                "strides": ((2, 2, 1), 2),
+                "blocks_down": (1, 1, 1),
+                "blocks_up": (1, 1),
+            },
+        ),
         ("deeplabv3plus", {"output_stride": 16}),
         ("fcn", {}),
         ("segnet", {"channels": (8, 16, 32)}),

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 
 from medseg.errors import ConfigError
-from medseg.plan.budget import BUDGETS, Assessment, CpuBudget, GpuBudget, make_budget
+from medseg.plan.budget import BUDGETS, Assessment, CpuBudget, GpuBudget, make_budget, resenc_preset
 from medseg.plan.planner import TARGETS, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,21 @@ def test_budget_kinds_and_bad_budgets() -> None:
         make_budget("tpu")
     with pytest.raises(ConfigError, match="must be positive"):
         make_budget("cpu", max_minutes=0)
+
+
+@pytest.mark.parametrize(
+    ("gpu_memory_gb", "preset"),
+    [(4, "M"), (8, "M"), (15.9, "M"), (16, "L"), (24, "L"), (31.9, "L"), (32, "XL"), (40, "XL"), (80, "XL")],
+)
+def test_resenc_preset_by_gpu_memory(gpu_memory_gb: float, preset: str) -> None:
+    """Below 16 GB M, below 32 GB L, else XL; the preset is the residual-encoder U-Net's, the GPU default."""
+    assert resenc_preset(gpu_memory_gb).name == preset
+    budget = make_budget("gpu", gpu_memory_gb=gpu_memory_gb)
+    assert budget.network == "resencunet" and isinstance(budget, GpuBudget)
+    assert budget.preset is not None and budget.preset.name == preset
+    assert budget.data()["preset"]["name"] == preset and budget.value() == {"target": "gpu", "preset": preset}
+    assert make_budget("gpu", gpu_memory_gb=gpu_memory_gb, network="unet").preset is None
+    assert "preset" not in make_budget("cpu", gpu_memory_gb=gpu_memory_gb, cores=2).data()
 
 
 def test_cpu_budget_judges_the_shipped_network_as_planned(shipped: dict[str, Any]) -> None:

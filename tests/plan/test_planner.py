@@ -93,11 +93,13 @@ def test_hippocampus_cpu_plan_matches_recipe(hippocampus_fp):
 
 
 def test_hippocampus_gpu_plan_is_nnunet(hippocampus_fp):
-    values = _values(make_plan(hippocampus_fp, target="gpu"))
+    """MONAI's U-Net on a GPU is planned as nnU-Net's default planner plans its plain U-Net."""
+    values = _values(make_plan(hippocampus_fp, network="unet", target="gpu"))
     assert values["network"]["channels"][0] == 32 and values["network"]["num_res_units"] == 2
     assert values["patch_size"] == [40, 56, 40]
     assert values["batch_size"] == 9  # nnU-Net v2's batch for Task04: capped at 5 % of the dataset
-    assert values["compute"]["memory_gib"] <= 8
+    assert values["compute"]["memory_gib"] <= values["compute"]["memory_gib_at_batch"] <= 8
+    assert "preset" not in values["compute"]  # the ResEnc presets are the residual-encoder U-Net's
 
 
 def test_hippocampus_2d_plan(hippocampus_fp):
