@@ -9,8 +9,13 @@ When this medseg has the login of ``medseg serve --users``, the server runs with
 browser logs in on the login page first (checked: ``/ohif/`` is closed before, the session cookie is
 HttpOnly and SameSite=Strict), as the issue asks; without it the browser goes straight to ``/ohif/``.
 
+The click test does the same with the interactive bundle (served as MONAI Label's ``deepedit`` type)
+in OHIF's *MONAI Label* mode: its Point Prompts tab runs the model, a click placed with its point tool
+runs it again, and the click must reach the server at the voxel under the clicked position and change
+the mask (``ohif_browser.py --check clicks``).
+
 Screenshots of each stage are kept: the test prints their folder and copies them, with the logs, to
-``$MEDSEG_TEST_ARTIFACTS/test_ohif`` when that is set.
+``$MEDSEG_TEST_ARTIFACTS/<test name>`` when that is set.
 """
 
 from __future__ import annotations
@@ -38,16 +43,17 @@ pytestmark = [
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_LIMIT_S = 840
+CLICK_MODEL = "hippocampus_interactive"  # served as MONAI Label's deepedit type
 
 
-def keep_artifacts(workdir: Path, report: Path) -> Path:
-    """Copy the screenshots, the report and the logs to ``$MEDSEG_TEST_ARTIFACTS/test_ohif`` (if set);
+def keep_artifacts(workdir: Path, report: Path, name: str = "test_ohif") -> Path:
+    """Copy the screenshots, the report and the logs to ``$MEDSEG_TEST_ARTIFACTS/<name>`` (if set);
     returns the folder that holds the screenshots."""
     shots = workdir / "screenshots"
     root = os.environ.get("MEDSEG_TEST_ARTIFACTS")
     if not root:
         return shots
-    dest = Path(root) / "test_ohif"
+    dest = Path(root) / name
     dest.mkdir(parents=True, exist_ok=True)
     if shots.is_dir():
         shutil.copytree(shots, dest / "screenshots", dirs_exist_ok=True)
@@ -59,17 +65,16 @@ def keep_artifacts(workdir: Path, report: Path) -> Path:
     return dest / "screenshots"
 
 
-@pytest.mark.timeout(RUN_LIMIT_S + 60)
-def test_ohif_shows_the_study_and_the_stored_seg(shared_data: Path, tmp_path: Path):
-    bundle = hippocampus_bundles()[0]
-    series = shared_data / "dicom" / "hippocampus-crops" / "Study1"
+def run_browser_check(series: Path, bundle: str, tmp_path: Path, name: str, *extra: str) -> tuple[dict, dict]:
+    """Run workflows/orthanc/ohif_browser.py in its own network and PID namespace; once it passed
+    returns its report and its steps by name (fails with its output and the server's log otherwise)."""
     workdir = tmp_path / "ohif"
     report_path = tmp_path / "report.json"
     script = (
         "ip link set lo up && exec "
         f"'{sys.executable}' '{REPO_ROOT / 'workflows' / 'orthanc' / 'ohif_browser.py'}' "
         f"--workdir '{workdir}' --series '{series}' --bundle {bundle} "
-        f"--label-python '{label_python()}' --report '{report_path}'"
+        f"--label-python '{label_python()}' --report '{report_path}' {' '.join(extra)}"
     )
     try:
         # on timeout subprocess.run kills unshare; --kill-child then ends the namespace's first process,
@@ -82,7 +87,7 @@ def test_ohif_shows_the_study_and_the_stored_seg(shared_data: Path, tmp_path: Pa
             timeout=RUN_LIMIT_S,
         )
     finally:
-        shots = keep_artifacts(workdir, report_path)
+        shots = keep_artifacts(workdir, report_path, name)
         print(f"OHIF screenshots: {shots}")
     log = workdir / "server.log"
     assert proc.returncode == 0, proc.stdout[-6000:] + (log.read_text()[-3000:] if log.is_file() else "")
@@ -91,6 +96,16 @@ def test_ohif_shows_the_study_and_the_stored_seg(shared_data: Path, tmp_path: Pa
     assert report["ok"] is True
     steps = {s["step"]: s for s in report["steps"]}
     assert list(steps)[-1] == "stopped"
+    for shot in report["screenshots"]:
+        assert (workdir / "screenshots" / shot).read_bytes()[:8] == PNG_SIGNATURE, shot
+    return report, steps
+
+
+@pytest.mark.timeout(RUN_LIMIT_S + 60)
+def test_ohif_shows_the_study_and_the_stored_seg(shared_data: Path, tmp_path: Path):
+    bundle = hippocampus_bundles()[0]
+    series = shared_data / "dicom" / "hippocampus-crops" / "Study1"
+    report, steps = run_browser_check(series, bundle, tmp_path, "test_ohif")
     # with the login of `medseg serve --users` in this medseg, the browser runs as a logged-in user
     login = importlib.util.find_spec("medseg.serve.users") is not None
     assert report["users"] is login
@@ -108,4 +123,24 @@ def test_ohif_shows_the_study_and_the_stored_seg(shared_data: Path, tmp_path: Pa
     assert steps["seg loaded"]["segments"] == [labels[v] for v in sorted(labels) if v != 0]
     assert steps["seg loaded"]["coloured_pixels"] > 500
     for name in ("01-study-list.png", "02-viewer.png", "03-seg-listed.png", "04-seg-loaded.png"):
-        assert (workdir / "screenshots" / name).read_bytes()[:8] == PNG_SIGNATURE, name
+        assert name in report["screenshots"]
+
+
+@pytest.mark.timeout(RUN_LIMIT_S + 60)
+def test_ohif_click_changes_the_deepedit_mask(shared_data: Path, tmp_path: Path):
+    """OHIF's MONAI Label mode: Point Prompts runs the interactive bundle, a click corrects its mask."""
+    series = shared_data / "dicom" / "hippocampus-crops" / "Study1"
+    report, steps = run_browser_check(series, CLICK_MODEL, tmp_path, "test_ohif_clicks", "--check", "clicks")
+    names = open_bundle(REPO_ROOT / "bundles" / CLICK_MODEL).labels
+    assert steps["monailabel ready"]["type"] == "deepedit"
+    assert steps["point prompts"]["labels"] == ["background", *(names[v] for v in sorted(names) if v != 0)]
+    # the first Run sends no point; the second exactly the click, at medseg's voxel under it
+    automatic, click, corrected = steps["automatic"], steps["click placed"], steps["corrected"]
+    assert not any(automatic["params"].get(n) for n in names.values())
+    assert (click["label"], click["on_label"]) == ("posterior hippocampus", "anterior hippocampus")
+    assert corrected["params"]["posterior hippocampus"] == [click["voxel"]]
+    assert corrected["params"]["result_extension"] == ".nrrd"  # what OHIF asks for, and gets
+    # the click changed the mask, towards the clicked label
+    assert corrected["changed"] > 0 and corrected["took_clicked_label"] > 0
+    for name in ("10-point-prompts.png", "11-automatic.png", "12-click.png", "13-corrected.png"):
+        assert name in report["screenshots"]

@@ -14,6 +14,13 @@ sees, in Debian's Chromium driven by selenium (chromedriver), and keeps a screen
 6. the viewer lists the SEG series next to the image series (``03-seg-listed.png``), and the SEG loads
    with the bundle's segments in the segmentation panel (``04-seg-loaded.png``).
 
+With ``--check clicks`` (an interactive bundle, served as MONAI Label's ``deepedit`` type) steps 4-6
+are instead the click correction of OHIF's *MONAI Label* mode (:func:`correct_with_click`): the mode's
+MONAI Label panel connects to the server, *Point Prompts* runs the model without clicks, a click
+placed with its point tool (``ProbeMONAILabel``) runs it again, and the check is that the request
+carried that click at the voxel medseg has at the clicked position and that the mask, the server's
+answer and what OHIF shows, changed (``10-point-prompts.png`` ... ``13-corrected.png``).
+
 Orthanc cannot bind to loopback only, so run it inside a private network namespace; a PID namespace
 as well ends every process it started (Orthanc, server, chromedriver, Chromium) when it ends::
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import secrets
@@ -40,6 +48,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -70,12 +80,20 @@ __all__ = [
     "Session",
     "api_headers",
     "chromium_options",
+    "click_voxel",
+    "connect_monai_label",
+    "correct_with_click",
+    "http_labels",
+    "install_infer_hook",
     "login",
     "login_available",
     "missing_browser",
+    "nrrd_labels",
     "open_study_list",
     "open_viewer",
+    "place_click",
     "run",
+    "run_point_prompts",
     "server_credentials",
     "show_seg",
     "start_browser",
@@ -487,6 +505,377 @@ def series_patient_id(folder: Path) -> str:
     return str(pydicom.dcmread(first, stop_before_pixels=True).PatientID)
 
 
+# --- click correction in OHIF's MONAI Label mode --------------------------------------------------
+# What MONAI Label 0.8.5 ships at /ohif/ (its OHIF build, extensions/monai-label and modes/monai-label):
+# the mode "monai-label" (study list button "MONAI Label") opens the series in an MPR layout with a
+# MONAI Label panel on the right. The panel connects to a server URL typed into it; its "Point Prompts"
+# tab lists the deepgrow, deepedit and vista3d models and activates the ProbeMONAILabel point tool; a
+# table row picks the label the next points carry. "Run" posts
+# /infer/<model>?image=<SeriesInstanceUID>&output=image with, for a deepedit model, params
+# {"background": [...], "<label>": [[i, j, k], ...], "result_extension": ".nrrd", "result_dtype":
+# "uint8", "result_compress": false, "restore_label_idx": false}, [i, j, k] being the rounded voxel
+# indices of each point in the viewports' volume. The NRRD answer is copied into OHIF's labelmap
+# for the labels that carry points (or whose row was picked).
+
+MONAI_LABEL_MODE = "monai-label"
+POINT_TAB = "Point Prompts"
+SERVER_FIELD = "monailabelServerURL"
+AXIAL_VIEWPORT = "mpr-axial"  # the mode's MPR layout: axial, sagittal, coronal
+OHIF_SEGMENTATION = "1"  # the labelmap the MONAI Label panel creates and updates
+INFER_TIMEOUT_S = 600
+
+# Records, in every document the browser loads from now on, each /infer request the page sends (OHIF
+# posts through axios, i.e. XMLHttpRequest): its URL, its params and its answer; and the page's
+# unhandled promise rejections (the panel's Run handler fails without a word on screen otherwise).
+INFER_HOOK = r"""
+(() => {
+  if (window.__medsegInfer) return;
+  window.__medsegInfer = [];
+  window.__medsegErrors = [];
+  window.addEventListener('unhandledrejection', (e) => {
+    window.__medsegErrors.push(String((e.reason && e.reason.stack) || e.reason));
+  });
+  const base64 = (buffer) => {
+    const bytes = new Uint8Array(buffer);
+    let text = '';
+    for (let i = 0; i < bytes.length; i += 32768) {
+      text += String.fromCharCode.apply(null, bytes.subarray(i, i + 32768));
+    }
+    return btoa(text);
+  };
+  const open = XMLHttpRequest.prototype.open;
+  const send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.open = function (method, url) {
+    this.__medseg = {method: method, url: String(url)};
+    return open.apply(this, arguments);
+  };
+  XMLHttpRequest.prototype.send = function (body) {
+    const record = this.__medseg;
+    if (record && record.url.includes('/infer/')) {
+      record.params = body instanceof FormData ? body.get('params') : null;
+      window.__medsegInfer.push(record);
+      this.addEventListener('loadend', () => {
+        record.body = this.response instanceof ArrayBuffer ? base64(this.response) : null;
+        record.status = this.status;
+      });
+    }
+    return send.apply(this, arguments);
+  };
+})();
+"""
+
+# OHIF's labelmap (window.services is OHIF's service registry), as base64 bytes in cornerstone's
+# voxel order (i fastest), with its dimensions.
+_LABELMAP = """
+const volume = window.services.segmentationService.getLabelmapVolume(arguments[0]);
+if (!volume) return null;
+const values = volume.voxelManager.getCompleteScalarDataArray();
+const bytes = Uint8Array.from(values);
+let text = '';
+for (let i = 0; i < bytes.length; i += 32768) {
+  text += String.fromCharCode.apply(null, bytes.subarray(i, i + 32768));
+}
+return {dimensions: Array.from(volume.dimensions), data: btoa(text)};
+"""
+
+# The axial viewport's canvas (page position and size) and camera, and canvas <-> world (LPS mm).
+_VIEWPORT = """
+const viewport = window.services.cornerstoneViewportService.getCornerstoneViewport(arguments[0]);
+const rect = viewport.getCanvas().getBoundingClientRect();
+const out = {rect: [rect.left, rect.top, rect.width, rect.height],
+             focal: Array.from(viewport.getCamera().focalPoint)};
+if (arguments[1]) out.canvas = Array.from(viewport.worldToCanvas(arguments[1]));
+if (arguments[2]) out.world = Array.from(viewport.canvasToWorld(arguments[2]));
+return out;
+"""
+
+
+def install_infer_hook(driver: Any) -> None:
+    """Record the page's ``/infer`` requests and unhandled errors (:data:`INFER_HOOK`) from now on."""
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": INFER_HOOK})
+
+
+def infer_records(driver: Any) -> list[dict]:
+    """The ``/infer`` requests the page sent: ``url``, ``params`` (JSON text) and, once answered,
+    ``status`` and ``body`` (base64)."""
+    return list(driver.execute_script("return window.__medsegInfer || []"))
+
+
+def nrrd_labels(data: bytes) -> np.ndarray:
+    """The ``[i, j, k]`` label array of an uncompressed 3-D uint8 NRRD file (what OHIF asks MONAI
+    Label for: ``result_extension`` .nrrd, ``result_dtype`` uint8, ``result_compress`` false).
+
+    Raises:
+        Failed: the data is not such a file.
+    """
+    header, sep, body = data.partition(b"\n\n")
+    check(sep == b"\n\n" and header.startswith(b"NRRD"), "the /infer answer is not an NRRD file")
+    fields = dict(line.split(": ", 1) for line in header.decode("latin-1").splitlines()[1:] if ": " in line)
+    check(
+        fields.get("encoding") == "raw"
+        and fields.get("type") in ("uchar", "unsigned char", "uint8", "uint8_t")
+        and fields.get("dimension") == "3",
+        f"the /infer answer is not a raw 3-D uint8 NRRD: {fields}",
+    )
+    sizes = [int(v) for v in fields["sizes"].split()]
+    check(len(body) == int(np.prod(sizes)), f"the NRRD holds {len(body)} bytes for sizes {sizes}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(sizes[::-1]).transpose()
+
+
+def click_voxel(affine: np.ndarray, world_lps: Any) -> list[int]:
+    """The voxel ``[i, j, k]`` at a DICOM patient position (LPS mm) of an image with a RAS affine."""
+    ras = np.array([-float(world_lps[0]), -float(world_lps[1]), float(world_lps[2]), 1.0])
+    return [int(v) for v in np.rint(np.linalg.inv(affine) @ ras)[:3]]
+
+
+def voxel_world(affine: np.ndarray, voxel: Any) -> list[float]:
+    """The DICOM patient position (LPS mm) of voxel ``[i, j, k]`` of an image with a RAS affine."""
+    x, y, z = (affine @ np.array([*map(float, voxel), 1.0]))[:3]
+    return [-float(x), -float(y), float(z)]
+
+
+def ohif_labelmap(driver: Any) -> np.ndarray | None:
+    """OHIF's labelmap as an ``[i, j, k]`` array of segment indices (None before the panel made one)."""
+    import base64
+
+    found = driver.execute_script(_LABELMAP, OHIF_SEGMENTATION)
+    if not found:
+        return None
+    values = np.frombuffer(base64.b64decode(found["data"]), dtype=np.uint8)
+    return values.reshape(found["dimensions"][::-1]).transpose()
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when ``a`` and ``b`` hold the same regions, whatever values name them (OHIF draws a label
+    of the model under the index of its segment: a one-to-one renaming)."""
+    if a.shape != b.shape:
+        return False
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+
+
+def shows(driver: Any, answer: np.ndarray, values: list[int]) -> bool:
+    """True when OHIF's labelmap holds the labels ``values`` of the server's ``answer`` (and nothing else)."""
+    labelmap = ohif_labelmap(driver)
+    expected = np.where(np.isin(answer, values), answer, 0)
+    return labelmap is not None and same_partition(labelmap, expected)
+
+
+def connect_monai_label(s: Session, bundle: str) -> Any:
+    """Connect the MONAI Label panel to the server and open its Point Prompts tab with ``bundle``.
+
+    The server's URL is typed into the panel's field, as a user does (the panel's default is port
+    8000 of the page's host). Returns the tab's element.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    target = f"{s.base_url}/"
+    for attempt in range(1, 4):  # the panel may still be drawn anew while the viewer settles
+        try:
+            url = s.wait("the MONAI Label panel's server field", css(f"#{SERVER_FIELD}"))[0]
+            url.send_keys(Keys.CONTROL, "a")
+            url.send_keys(target)
+            check(
+                url.get_attribute("value") == target,
+                f"the panel's server field holds {url.get_attribute('value')}",
+            )
+            url.find_element(By.XPATH, "ancestor::tr//button").click()  # the connect button beside it
+            break
+        except StaleElementReferenceException:
+            if attempt == 3:
+                raise
+            time.sleep(1)
+
+    def point_tab(d: Any) -> list:
+        return [e for e in css(".tab-label")(d) if e.text.strip() == POINT_TAB]
+
+    label = s.wait(f"the panel's '{POINT_TAB}' tab (connected to {s.base_url})", point_tab)[0]
+    label.click()
+    tab = label.find_element(By.XPATH, "..")
+    models = [o.get_attribute("value") for o in tab.find_elements(By.CSS_SELECTOR, "select option")]
+    check(
+        bundle in models, f"OHIF's {POINT_TAB} lists the models {models}, not {bundle} (served as deepedit?)"
+    )
+    Select(tab.find_element(By.CSS_SELECTOR, "select")).select_by_value(bundle)
+    return tab
+
+
+def _tab_element(tab: Any, selector: str, text: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    found = [e for e in tab.find_elements(By.CSS_SELECTOR, selector) if e.text.strip() == text]
+    check(bool(found), f"OHIF's {POINT_TAB} tab has no '{text}' ({selector})")
+    return found[0]
+
+
+def run_point_prompts(s: Session, tab: Any, what: str) -> dict:
+    """Press the tab's Run; returns the ``/infer`` request it sent once answered 200."""
+    before = len(infer_records(s.driver))
+    _tab_element(tab, "button.actionButton", "Run").click()
+
+    def answered(d: Any) -> dict | None:
+        errors = d.execute_script("return window.__medsegErrors || []")
+        check(not errors, f"OHIF's {POINT_TAB} Run failed in the page: {errors[-1][:600] if errors else ''}")
+        records = infer_records(d)
+        return records[before] if len(records) > before and "status" in records[before] else None
+
+    record = s.wait(f"OHIF's /infer request {what} answered", answered, INFER_TIMEOUT_S)
+    check(record["status"] == 200, f"/infer {what} from OHIF answered {record['status']}")
+    return record
+
+
+def place_click(s: Session, target: list[int], affine: np.ndarray) -> dict:
+    """Click the axial viewport where voxel ``target`` of the stored image is (a real mouse click).
+
+    Returns where the click went: page position, and its patient position and voxel as the viewport
+    maps the clicked canvas point back (which must be ``target``).
+    """
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    view = s.driver.execute_script(_VIEWPORT, AXIAL_VIEWPORT, voxel_world(affine, target), None)
+    left, top, width, height = view["rect"]
+    cx, cy = view["canvas"]
+    check(0 <= cx < width and 0 <= cy < height, f"voxel {target} is outside the axial viewport ({cx}, {cy})")
+    x, y = round(left + cx), round(top + cy)
+    actions = ActionBuilder(s.driver)
+    actions.pointer_action.move_to_location(x, y)
+    actions.pointer_action.click()
+    actions.perform()
+    clicked = s.driver.execute_script(_VIEWPORT, AXIAL_VIEWPORT, None, [x - left, y - top])["world"]
+    voxel = click_voxel(affine, clicked)
+    check(voxel == target, f"the click at ({x}, {y}) landed on voxel {voxel}, not {target}")
+    return {"page_xy": [x, y], "world_lps": [round(v, 2) for v in clicked], "voxel": voxel}
+
+
+def click_target(s: Session, answer: np.ndarray, value: int, affine: np.ndarray) -> list[int]:
+    """A voxel of label ``value`` in the slice the axial viewport shows: the one nearest the middle of
+    that label's area there (inside it, away from its border where it can be)."""
+    from scipy import ndimage
+
+    focal = s.driver.execute_script(_VIEWPORT, AXIAL_VIEWPORT, None, None)["focal"]
+    k = click_voxel(affine, focal)[2]
+    check(0 <= k < answer.shape[2], f"the axial viewport shows slice {k}, outside the image")
+    area = answer[:, :, k] == value
+    check(bool(area.any()), f"the axial viewport's slice {k} holds no voxel of label {value} to click on")
+    inner = ndimage.binary_erosion(area)
+    points = np.argwhere(inner if inner.any() else area)
+    i, j = points[np.argmin(((points - points.mean(axis=0)) ** 2).sum(axis=1))]
+    return [int(i), int(j), int(k)]
+
+
+def correct_with_click(
+    s: Session,
+    bundle: str,
+    labels: dict[int, str],
+    image: Any,
+    again: Callable[[dict], np.ndarray],
+) -> dict:
+    """Correct the model's mask with one click in OHIF's MONAI Label mode; returns what was checked.
+
+    As a user does: connect the panel, pick the first label, Run without points (the automatic mask),
+    pick the last label (``background`` for a one-label model), click on the first label's mask in the
+    axial viewport, Run again. Checked: the first request carries no point and the second exactly
+    the click, at the voxel of the stored image under the clicked position; OHIF shows each answer;
+    the answer with the click differs from the one without, and some voxels took the clicked label;
+    the server answers the request without the click as before (``again``), so the change is the
+    click's.
+
+    Args:
+        s: the browser session, on the viewer of the study in the ``monai-label`` mode.
+        bundle: the interactive bundle (served as ``deepedit``).
+        labels: the bundle's labels, ``{value: name}`` (background included).
+        image: the series as the server stores it (medseg's loader; a MetaTensor with its RAS affine):
+            the voxels the server indexes.
+        again: sends ``params`` to ``/infer`` over HTTP and returns the label array.
+    """
+    import base64
+
+    from selenium.webdriver.common.by import By
+
+    affine = np.asarray(image.affine, dtype=float)
+    names = {v: n for v, n in labels.items() if v != 0}
+    check(bool(names), f"{bundle} has no label to click")
+    first = min(names)
+    clicked = max(names) if len(names) > 1 else 0
+    clicked_name = names.get(clicked, "background")
+    tab = connect_monai_label(s, bundle)
+    s.shot("10-point-prompts.png")
+    s.step(
+        "point prompts",
+        model=bundle,
+        labels=[e.text for e in tab.find_elements(By.CSS_SELECTOR, "tr.clickable-row")],
+    )
+
+    # The shipped panel's Run gathers its points with saveAnnotations(null, 'ProbeMONAILabel'), which
+    # returns every tool's annotations; the MPR layout's crosshairs and reference lines are some, and
+    # Run then fails ("annotations is not iterable"). "Clear Points" removes them all first.
+    _tab_element(tab, "a", "Clear Points").click()
+    _tab_element(tab, "tr.clickable-row", names[first]).click()
+    record = run_point_prompts(s, tab, "without clicks")
+    params = json.loads(record["params"])
+    sent = {n: params.get(n) for n in ("background", *names.values()) if params.get(n)}
+    check(not sent, f"OHIF sent points before any click: {sent}")
+    automatic = nrrd_labels(base64.b64decode(record["body"]))
+    check(automatic.shape == tuple(image.shape), f"the answer's shape {automatic.shape} is not the image's")
+    s.wait("OHIF drawing the automatic mask", lambda d: shows(d, automatic, [first]), 60)
+    s.settle()
+    s.shot("11-automatic.png")
+    s.step("automatic", params=params, voxels=np.bincount(automatic.ravel()).tolist())
+
+    _tab_element(tab, "tr.clickable-row", clicked_name).click()
+    target = click_target(s, automatic, first, affine)
+    click = place_click(s, target, affine)
+    s.shot("12-click.png")
+    s.step("click placed", label=clicked_name, on_label=names[first], **click)
+
+    record = run_point_prompts(s, tab, "with the click")
+    params = json.loads(record["params"])
+    sent = {n: params.get(n) for n in ("background", *names.values()) if params.get(n)}
+    check(
+        sent == {clicked_name: [target]},
+        f"OHIF sent the points {sent}, not {{{clicked_name!r}: [{target}]}}",
+    )
+    corrected = nrrd_labels(base64.b64decode(record["body"]))
+    shown = [first] + ([clicked] if clicked else [])
+    s.wait("OHIF drawing the corrected mask", lambda d: shows(d, corrected, shown), 60)
+    changed = int((corrected != automatic).sum())
+    took = int(((corrected == clicked) & (automatic != clicked)).sum())
+    check(changed > 0, f"the click on voxel {target} did not change the mask")
+    check(took > 0, f"no voxel took the clicked label {clicked_name!r} ({changed} voxels changed)")
+    check(
+        np.array_equal(again({}), automatic), "the server answers the request without clicks differently now"
+    )
+    s.settle()
+    s.shot("13-corrected.png")
+    s.step(
+        "corrected",
+        params=params,
+        voxels=np.bincount(corrected.ravel(), minlength=len(labels)).tolist(),
+        changed=changed,
+        took_clicked_label=took,
+    )
+    return {"target": target, "changed": changed}
+
+
+def http_labels(
+    server_url: str, bundle: str, series_uid: str, headers: dict[str, str], params: dict
+) -> np.ndarray:
+    """The server's answer to ``params`` over HTTP, as OHIF asks for it (NRRD, uint8, uncompressed)."""
+    form = {**params, "result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False}
+    resp = call(
+        "POST",
+        f"{server_url}/infer/{bundle}?image={series_uid}&output=image",
+        fields={"params": json.dumps(form)},
+        headers=headers,
+        timeout=INFER_TIMEOUT_S,
+    )
+    check(resp.status == 200, f"/infer {params} over HTTP answered {resp.status} {resp.detail}")
+    return nrrd_labels(resp.body)
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole check; returns the report (raises :class:`Failed` on the first failed check)."""
     workdir = Path(args.workdir).resolve()
@@ -506,7 +895,8 @@ def run(args: argparse.Namespace) -> dict:
         session.step("series uploaded", **source)
 
         bundle = discover_bundles(REPO / "bundles", [args.bundle] if args.bundle else None)[0]
-        labels = [n for v, n in sorted(open_bundle(bundle.root).labels.items()) if v != 0]
+        bundle_labels = {int(v): str(n) for v, n in open_bundle(bundle.root).labels.items()}
+        labels = [n for v, n in sorted(bundle_labels.items()) if v != 0]
         credentials, auth_env = server_credentials(workdir)
         report["users"] = credentials is not None
         prepared = prepare_workdir(workdir / "serve", f"{orthanc}/dicom-web", [bundle])
@@ -517,22 +907,39 @@ def run(args: argparse.Namespace) -> dict:
         headers = api_headers(server.url, credentials)
         info = call("GET", f"{server.url}/info/", headers=headers)
         check(info.status == 200, f"GET /info/ answered {info.status} {info.detail}")
-        models = list(info.json()["models"])
-        check(bundle.name in models, f"{bundle.name} not in /info/ models {models}")
+        models = info.json()["models"]
+        check(bundle.name in models, f"{bundle.name} not in /info/ models {list(models)}")
+        model_type = models[bundle.name].get("type")
+        if args.check == "clicks":
+            check(
+                model_type == "deepedit",
+                f"{bundle.name} is served as {model_type!r}, not deepedit (interactive)",
+            )
         session.base_url = server.url
-        session.step("monailabel ready", url=server.url, users=report["users"])
+        session.step("monailabel ready", url=server.url, users=report["users"], type=model_type)
 
         profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=workdir))
         with start_browser(profile, workdir / "chromedriver.log") as driver:
             session.driver = driver
+            install_infer_hook(driver)
             try:
                 if credentials is not None:
                     session.step("logged in", cookie=login(session, credentials))
                 row = open_study_list(session, series_patient_id(series))
-                open_viewer(session, row, args.mode, source["study_uid"])
-                seg_uid = store_seg(server.url, bundle.name, source["series_uid"], headers)
-                session.step("seg stored", seg_series_uid=seg_uid)
-                show_seg(session, bundle.name, labels)
+                mode = args.mode or (MONAI_LABEL_MODE if args.check == "clicks" else "segmentation")
+                open_viewer(session, row, mode, source["study_uid"])
+                if args.check == "clicks":
+                    from medseg.io import load_image
+
+                    image = load_image(series, series_uid=source["series_uid"], dtype=None)
+                    again = functools.partial(
+                        http_labels, server.url, bundle.name, source["series_uid"], headers
+                    )
+                    correct_with_click(session, bundle.name, bundle_labels, image, again)
+                else:
+                    seg_uid = store_seg(server.url, bundle.name, source["series_uid"], headers)
+                    session.step("seg stored", seg_series_uid=seg_uid)
+                    show_seg(session, bundle.name, labels)
             finally:
                 save_browser_state(session, workdir)
         report["ok"] = True
@@ -561,7 +968,18 @@ def main() -> int:
     )
     parser.add_argument("--series", default=str(default_series()), help="DICOM series folder to upload")
     parser.add_argument("--bundle", default=None, help="bundle to run (default: the first one with weights)")
-    parser.add_argument("--mode", default="segmentation", help="OHIF mode that opens the study")
+    parser.add_argument(
+        "--check",
+        choices=("seg", "clicks"),
+        default="seg",
+        help="seg: a SEG medseg stored, shown in OHIF; clicks: an interactive bundle corrected with a click "
+        "in OHIF's MONAI Label mode",
+    )
+    parser.add_argument(
+        "--mode",
+        default=None,
+        help="OHIF mode that opens the study (default: segmentation; monai-label for clicks)",
+    )
     parser.add_argument("--orthanc-port", type=int, default=8042)
     parser.add_argument("--label-python", default=None, help="python of the MONAI Label venv")
     parser.add_argument("--ready-timeout", type=float, default=420)
