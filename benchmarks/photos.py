@@ -8,7 +8,8 @@ each photo's own size:
 
 * **medseg**: ``medseg plan --dims 2 --max-minutes M`` (``--measure`` to time the candidates),
   ``medseg train --max-minutes M``, ``medseg evaluate --fold 0``.
-* **naive**: the recipe the planner must beat (issue 21): photos resized to 256 x 256, MONAI
+* **naive**: the recipe the planner must beat (issue 21), the 2-D recipe of ``benchmarks/naive.py``
+  (which ``benchmarks/plan.py --baseline naive`` runs too): photos resized to 256 x 256, MONAI
   ``UNet`` (16-256 channels, 2 residual units), Dice-CE, AdamW 1e-3 with a cosine decay over the
   budget's wall clock, random flips only, batch 8; predictions resized back to each photo's size.
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -37,10 +37,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-NAIVE_SIZE = 256
-NAIVE_BATCH = 8
-NAIVE_LR = 1e-3
+from naive import NAIVE_2D_BATCH, NAIVE_2D_SIZE, predict_2d, train_2d  # noqa: E402
 
 
 def load() -> list[float]:
@@ -63,9 +62,13 @@ def medseg_recipe(data: Path, work: Path, minutes: float, measure: bool) -> dict
     before = load()
     plan_s = _cli("plan", str(data), "--dims", "2", "--output", str(bundle), "--max-minutes", str(minutes),
                   *(["--measure"] if measure else []), log=log)  # fmt: skip
-    train_s = _cli("train", str(bundle), "--data", str(data), "--max-minutes", str(minutes), "--no-progress", log=log)
+    train_s = _cli(
+        "train", str(bundle), "--data", str(data), "--max-minutes", str(minutes), "--no-progress", log=log
+    )
     metrics = work / "medseg_metrics.json"
-    eval_s = _cli("evaluate", str(bundle), "--data", str(data), "--fold", "0", "--output", str(metrics), log=log)
+    eval_s = _cli(
+        "evaluate", str(bundle), "--data", str(data), "--fold", "0", "--output", str(metrics), log=log
+    )
     values = json.loads((bundle / "plans" / "plan.json").read_text())["values"]
     iterations = [line for line in log.read_text().splitlines() if "trained" in line and "iterations" in line]
     return {
@@ -85,74 +88,28 @@ def medseg_recipe(data: Path, work: Path, minutes: float, measure: bool) -> dict
     }
 
 
-def _photos(items: list[dict[str, Any]], size: int) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
-    images, labels = [], []
-    for item in items:
-        with Image.open(item["image"]) as img:
-            images.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR), np.float32) / 255)
-        with Image.open(item["label"]) as lab:
-            labels.append(np.asarray(lab.resize((size, size), Image.NEAREST), np.int64))
-    return np.stack(images).transpose(0, 3, 1, 2), np.stack(labels)[:, None]
-
-
 def naive_recipe(data: Path, minutes: float) -> dict[str, Any]:
     """The naive 2-D recipe, trained for ``minutes`` of wall clock (data loading included)."""
-    import torch
-    from monai.losses import DiceCELoss
-    from monai.networks.nets import UNet
     from PIL import Image
 
     from medseg.data import split_folds
     from medseg.data.dataset import load_datalist
 
     before, start = load(), time.time()
-    budget = 60 * minutes
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
     datalist = load_datalist(data)
-    x, y = _photos(split_folds(datalist, [2, 3, 4]), NAIVE_SIZE)
-    net = UNet(2, 3, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=NAIVE_LR, weight_decay=1e-5)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    iterations = 0
-    train_start = time.time()
-    net.train()
-    while time.time() - start < budget:
-        fraction = (time.time() - start) / budget
-        for group in optimizer.param_groups:
-            group["lr"] = NAIVE_LR * 0.5 * (1 + math.cos(math.pi * fraction))
-        pick = rng.choice(len(x), min(NAIVE_BATCH, len(x)), replace=False)
-        xb, yb = torch.from_numpy(x[pick]), torch.from_numpy(y[pick])
-        for axis in (2, 3):
-            if rng.random() < 0.5:
-                xb, yb = xb.flip(axis), yb.flip(axis)
-        optimizer.zero_grad()
-        loss = loss_fn(net(xb), yb)
-        loss.backward()
-        optimizer.step()
-        iterations += 1
+    net, info = train_2d(split_folds(datalist, [2, 3, 4]), 3, 2, minutes, start)
     train_s = time.time() - start
-    net.eval()
     scores = []
-    with torch.no_grad():
-        for item in split_folds(datalist, 0):
-            with Image.open(item["image"]) as img:
-                rgb = img.convert("RGB")
-                small = np.asarray(rgb.resize((NAIVE_SIZE, NAIVE_SIZE), Image.BILINEAR), np.float32) / 255
-                height, width = rgb.size[1], rgb.size[0]
-            probs = torch.softmax(net(torch.from_numpy(small.transpose(2, 0, 1))[None]), 1)
-            probs = torch.nn.functional.interpolate(probs, size=(height, width), mode="bilinear")
-            pred = probs[0].argmax(0).numpy() > 0
-            truth = np.asarray(Image.open(item["label"])) > 0
-            both = pred.sum() + truth.sum()
-            scores.append(float(2 * np.logical_and(pred, truth).sum() / both) if both else 1.0)
+    for item in split_folds(datalist, 0):
+        pred = predict_2d(net, item["image"], 3) > 0
+        truth = np.asarray(Image.open(item["label"])) > 0
+        both = pred.sum() + truth.sum()
+        scores.append(float(2 * np.logical_and(pred, truth).sum() / both) if both else 1.0)
     return {
-        "recipe": f"naive {NAIVE_SIZE}x{NAIVE_SIZE}, batch {NAIVE_BATCH}",
+        "recipe": f"naive {NAIVE_2D_SIZE}x{NAIVE_2D_SIZE}, batch {NAIVE_2D_BATCH}",
         "mean_dice": float(np.mean(scores)),
-        "iterations": iterations,
-        "seconds_per_step": round((time.time() - train_start) / max(1, iterations), 4),
+        "iterations": info["iterations"],
+        "seconds_per_step": info["seconds_per_step"],
         "train_seconds": round(train_s, 1),
         "load_before": before,
         "load_after": load(),
@@ -160,7 +117,9 @@ def naive_recipe(data: Path, minutes: float) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--measure", action="store_true", help="medseg plan --measure")
     parser.add_argument("--only", choices=("medseg", "naive"), help="run one recipe")
