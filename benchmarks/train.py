@@ -1,8 +1,8 @@
 """Time-to-accuracy: medseg's hippocampus_unet3d recipe against the plain MONAI spleen-style recipe.
 
 Both run through the same bundle machinery (`bundles/hippocampus_unet3d/configs/train.json`,
-folds 1-4 train, fold 0 validates every epoch), side by side in one run on the same machine,
-each in its own subprocess. The baseline is the model zoo's spleen_ct_segmentation train.json
+folds 2-4 train, fold 1, the validation fold, validates every epoch; fold 0 is the test fold and no
+decision looks at it), side by side in one run on the same machine, each in its own subprocess. The baseline is the model zoo's spleen_ct_segmentation train.json
 pattern adapted only in patch size: UNet 16..256 (strides 2,2,2,2, batch norm), Dice-CE
 (include_background false, squared_pred, batch), Novograd 2e-3 without schedule, random
 32x48x32 crops by positive/negative label (4 samples per image), batch 2, two loader worker
@@ -21,10 +21,14 @@ cached (training needs no metadata), one-hot encodes predictions for the Dice me
 batch of two (``medseg.networks.PadBatch``: PyTorch runs one-sample 3-D convolutions on a slow
 reference kernel). The baseline keeps MONAI's defaults for all five.
 
-Measured per recipe: wall time from the start of training until the fold-0 mean Dice first
-reaches the target, training iterations and samples per second, and peak RSS.
+Measured per recipe: wall time from the start of training until the fold-1 mean Dice first
+reaches the target, training iterations and samples per second, and peak RSS. ``--precisions fp32
+bf16`` runs each recipe in each precision (bf16: the networks' forward passes under bf16 autocast
+with fp32 master weights, as ``medseg train --precision bf16``; :mod:`medseg.precision`), and the
+results record the CPU model and its flags (bf16 units or not).
 
-    python benchmarks/train.py [--target 0.85] [--cap-minutes 30] [--repeats 3] [--out benchmarks/results/train.json]
+    python benchmarks/train.py [--target 0.85] [--cap-minutes 30] [--repeats 3] [--precisions fp32 bf16]
+        [--out benchmarks/results/train.json]
 """
 
 from __future__ import annotations
@@ -119,17 +123,40 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def run_recipe(name: str, target: float, cap_minutes: float, out_dir: Path) -> dict:
-    """Train one recipe until the target Dice or the cap; runs inside its own process."""
+VAL_FOLD = 1  # the bundle's validation fold; folds 2-4 train
+
+
+def precision_overrides_for(name: str, precision: str) -> tuple[dict, dict]:
+    """The overrides that run recipe ``name``'s networks in ``precision``, and the resolved precision."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from medseg.bundle.train import TRAIN_NETWORKS
+    from medseg.precision import precision_overrides, resolve_precision
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    for key, value in RECIPES[name].items():  # the recipe's own networks are the ones wrapped
+        parser[key] = value
+    chosen = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=True)
+    return precision_overrides(parser.get(), chosen, TRAIN_NETWORKS), chosen.as_dict()
+
+
+def run_recipe(name: str, target: float, cap_minutes: float, out_dir: Path, precision: str = "fp32") -> dict:
+    """Train one recipe in one precision until the target Dice or the cap; runs inside its own process."""
     from ignite.engine import Events
 
     from medseg.bundle import open_bundle, run_workflow
+    from medseg.bundle.train import fold_overrides
 
     overrides = dict(RECIPES[name])
     # Both validate every epoch; everything else (epochs, schedule) is the recipe's own.
     overrides.update(
         output_dir=str(out_dir), ckpt_dir=str(out_dir / "models"), val_interval=1, progress=False
     )
+    overrides.update(fold_overrides(VAL_FOLD))
+    reduced, chosen = precision_overrides_for(name, precision)
+    overrides.update(reduced)
     workflow = run_workflow(open_bundle(BUNDLE), ["train.json"], run=False, **overrides)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
@@ -168,6 +195,8 @@ def run_recipe(name: str, target: float, cap_minutes: float, out_dir: Path) -> d
     elapsed = time.perf_counter() - state["start"]
     return {
         "recipe": name,
+        "precision": chosen,
+        "val_fold": VAL_FOLD,
         "target": target,
         "minutes_to_target": None if state["reached_s"] is None else state["reached_s"] / 60,
         "epoch_reached": state["reached_epoch"],
@@ -188,27 +217,38 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train.json"))
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians are reported")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "bf16", "auto"),
+        default=["fp32"],
+        help="run every recipe in each of these precisions (medseg.precision; default fp32)",
+    )
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     import tempfile
 
     work = Path(args.work or tempfile.mkdtemp(prefix="medseg-train-bench-"))
     if args.recipe:  # child process: one recipe, result as JSON on the last line
-        result = run_recipe(args.recipe, args.target, args.cap_minutes, work)
+        result = run_recipe(args.recipe, args.target, args.cap_minutes, work, args.precision)
         print(json.dumps(result))
         return
 
-    # Interleaved rounds (every recipe once per round), so that a slow spell of a shared machine
-    # hits all recipes alike; each recipe is reported by its median run.
-    runs: dict[str, list[dict]] = {recipe: [] for recipe in RECIPES}
+    # Interleaved rounds (every recipe in every precision once per round), so that a slow spell of a
+    # shared machine hits all rows alike; each row is reported by its median run.
+    rows = [(recipe, precision) for recipe in RECIPES for precision in args.precisions]
+    runs: dict[str, list[dict]] = {_label(*row, args.precisions): [] for row in rows}
     for round_index in range(args.repeats):
-        for index, recipe in enumerate(RECIPES):
+        for index, (recipe, precision) in enumerate(rows):
             command = [
                 sys.executable,
                 __file__,
                 "--recipe",
                 recipe,
+                "--precision",
+                precision,
                 "--target",
                 str(args.target),
                 "--cap-minutes",
@@ -218,45 +258,48 @@ def main() -> None:
             ]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                sys.exit(f"{recipe} failed:\n{done.stderr[-3000:]}")
-            runs[recipe].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    results = [_median_run(recipe_runs) for recipe_runs in runs.values()]
+                sys.exit(f"{recipe} ({precision}) failed:\n{done.stderr[-3000:]}")
+            runs[_label(recipe, precision, args.precisions)].append(
+                json.loads(done.stdout.strip().splitlines()[-1])
+            )
+    results = [_median_run(row_runs) for row_runs in runs.values()]
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
+    cpu = _cpu()
+    machine = (
+        f"{cpu['model']}, {os.cpu_count()} logical CPUs, bf16 units: {', '.join(cpu['bf16_units']) or 'none'}, "
+        + ("no GPU" if not _cuda() else "CUDA")
     )
-    machine = f"{cpu}, {os.cpu_count()} logical CPUs, no GPU" if not _cuda() else f"{cpu}, CUDA"
-    ours, *baselines = results
-    # Compare against the faster of the two baseline variants.
-    reached = [b["minutes_to_target"] for b in baselines if b["minutes_to_target"]]
-    speedup = min(reached) / ours["minutes_to_target"] if ours["minutes_to_target"] and reached else None
+    speedups = {}
     lines = [
-        f"Time to fold-0 mean Dice {args.target} (validation every epoch), machine: {machine}; "
-        f"median of {args.repeats} interleaved run(s) per recipe.",
+        f"Time to fold-{VAL_FOLD} mean Dice {args.target} (validation every epoch; folds 2-4 train), machine: "
+        f"{machine}; median of {args.repeats} interleaved run(s) per row; load average {cpu['load_average']} at "
+        "the start.",
         "",
-        "| recipe | minutes to target | each run | epoch | best Dice seen | iterations/s | samples/s | peak RSS (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| recipe | precision | minutes to target | each run | epoch | best Dice seen | iterations/s | samples/s "
+        "| peak RSS (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r, recipe_runs in zip(results, runs.values(), strict=True):
+    for r, row_runs in zip(results, runs.values(), strict=True):
         minutes = "not reached" if r["minutes_to_target"] is None else f"{r['minutes_to_target']:.2f}"
         each = ", ".join(
-            "-" if run["minutes_to_target"] is None else f"{run['minutes_to_target']:.2f}"
-            for run in recipe_runs
+            "-" if run["minutes_to_target"] is None else f"{run['minutes_to_target']:.2f}" for run in row_runs
         )
         lines.append(
-            f"| {r['recipe']} | {minutes} | {each} | {r['epoch_reached'] or '-'} | {r['best_dice']:.4f} | "
-            f"{r['iterations_per_s']:.2f} | {r['samples_per_s']:.1f} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['recipe']} | {r['precision']['dtype']} | {minutes} | {each} | {r['epoch_reached'] or '-'} | "
+            f"{r['best_dice']:.4f} | {r['iterations_per_s']:.2f} | {r['samples_per_s']:.1f} | "
+            f"{r['peak_rss_mb']:.0f} |"
         )
-    if speedup:
-        lines += [
-            "",
-            f"medseg reaches {args.target} {speedup:.2f}x faster than the faster baseline variant.",
-        ]
+    for precision in args.precisions:
+        # medseg against the faster of the two baseline variants, in the same precision
+        ours, *baselines = [r for r, row in zip(results, rows, strict=True) if row[1] == precision]
+        reached = [b["minutes_to_target"] for b in baselines if b["minutes_to_target"]]
+        if ours["minutes_to_target"] and reached:
+            speedups[precision] = min(reached) / ours["minutes_to_target"]
+            lines += [
+                "",
+                f"{precision}: medseg reaches {args.target} {speedups[precision]:.2f}x faster than the faster "
+                "baseline variant.",
+            ]
     print("\n".join(lines))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -264,16 +307,37 @@ def main() -> None:
         json.dumps(
             {
                 "machine": machine,
+                "cpu": cpu,
                 "repeats": args.repeats,
+                "precisions": args.precisions,
                 "results": results,
                 "runs": runs,
-                "speedup": speedup,
+                "speedup": speedups.get(args.precisions[0]),
+                "speedup_per_precision": speedups,
                 "markdown": "\n".join(lines),
             },
             indent=2,
         )
         + "\n"
     )
+
+
+def _label(recipe: str, precision: str, precisions: list[str]) -> str:
+    """A row's key in the results: the recipe, with its precision when several are run."""
+    return recipe if len(precisions) == 1 else f"{recipe} [{precision}]"
+
+
+def _cpu() -> dict:
+    """The CPU's model and flags (:mod:`medseg.precision`), and the machine's load."""
+    from medseg.precision import bf16_units, cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    return {
+        "model": cpu_model() if flags else platform.processor(),
+        "bf16_units": bf16_units(flags),
+        "flags": sorted(flags),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def _median_run(recipe_runs: list[dict]) -> dict:

@@ -13,6 +13,11 @@ average of an ensemble's members, flip TTA, argmax, losses and metrics) stays fp
 stay fp32 (training keeps fp32 master weights; bf16 needs no gradient scaler). Bundles are not
 edited: medseg wraps the networks their configs name (:func:`precision_overrides`).
 
+Training gains less than inference on CPUs without AMX (the backward pass has more operators that
+bf16 does not speed up), so for training ``auto`` follows the plan: ``medseg plan --measure`` times
+the chosen network's training step in both precisions and records bf16 only where it was at least
+:data:`BF16_TRAINING_MIN_SPEEDUP` times faster (``training.precision`` in ``plans/plan.json``).
+
 ``medseg serve`` passes its ``--precision`` to the inference code in the MONAI Label venv as the
 environment variable :data:`PRECISION_ENV` (read by :func:`resolve_precision` when no precision is
 given).
@@ -38,6 +43,7 @@ __all__ = [
     "PRECISIONS",
     "PRECISION_ENV",
     "BF16_FLAGS",
+    "BF16_TRAINING_MIN_SPEEDUP",
     "Precision",
     "add_precision_argument",
     "cpu_flags",
@@ -57,6 +63,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_ENV = "MEDSEG_PRECISION"
 # /proc/cpuinfo flags of hardware bf16 matrix units, best first
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# A plan trains in bf16 only when its measured bf16 training step is at least this much faster than
+# fp32 (medseg.plan.cost): below 10 % the gain is within what a shared machine's load moves a
+# measurement, and fp32 is the precision every shipped figure was trained in.
+BF16_TRAINING_MIN_SPEEDUP = 1.1
 
 
 def _cpuinfo_field(name: str, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
@@ -132,13 +142,19 @@ def resolve_precision(
     device: Any = "cpu",
     flags: frozenset[str] | None = None,
     training: bool = False,
+    planned: Mapping[str, Any] | None = None,
+    model: str | None = None,
 ) -> Precision:
     """Decide the precision of a run.
 
     ``auto`` is bf16 on a CPU with AMX or AVX-512-BF16 (:func:`bf16_units`), fp32 on other CPUs,
-    and fp16 AMP on CUDA (the bundles' ``amp``). For training, ``auto`` on a CPU needs AMX: with
-    AVX-512-BF16 alone the backward pass gains nothing and a training step measured slower in bf16
-    than in fp32 (AMD EPYC Zen 4, ``benchmarks/precision.py``), while inference is 1.5-2.9x faster. ``bf16`` asked for on a CPU without bf16 units is
+    and fp16 AMP on CUDA (the bundles' ``amp``). For training on a CPU with bf16 units, ``auto``
+    follows the plan's measurement (``planned``: ``medseg plan --measure`` timed the network's
+    training step in both precisions on this CPU model and chose bf16 only when it was at least 10 %
+    faster, :meth:`medseg.plan.cost.StepTimer.training_precision`); without one, training needs AMX:
+    with AVX-512-BF16 alone the backward pass gains less (a training step measured 0.91-1.31x on AMD
+    EPYC Zen 4, ``benchmarks/precision.py``), while inference is 1.5-2.9x faster. A CPU without bf16
+    units trains in fp32 whatever the plan says. ``bf16`` asked for on a CPU without bf16 units is
     honoured (bf16 is then emulated and slower) with a warning.
 
     Args:
@@ -146,6 +162,10 @@ def resolve_precision(
         device: where the network runs (a ``torch.device`` or its name).
         flags: the CPU flags; default :func:`cpu_flags`.
         training: the precision of a training run (forward and backward), not of inference.
+        planned: for training, the plan's measured choice: ``plans/plan.json``'s ``training.precision``
+            value (``"value"``) with its data (``"cpu"``, ``"bf16_speedup"``, ...); it counts only
+            when measured on this CPU model.
+        model: this CPU's model (default :func:`cpu_model`), compared with the plan's.
 
     Raises:
         ConfigError: an unknown precision (``param="precision"``).
@@ -169,16 +189,57 @@ def resolve_precision(
     units = bf16_units(flags)
     if precision == "bf16":
         if not units:
-            logger.warning("precision bf16: this CPU has no bf16 units (%s); bf16 is emulated and slower "
-                           "than fp32", " or ".join(BF16_FLAGS))
+            logger.warning(
+                "precision bf16: this CPU has no bf16 units (%s); bf16 is emulated and slower than fp32",
+                " or ".join(BF16_FLAGS),
+            )
         return Precision(precision, "bf16", kind, "asked for" + ("" if units else "; no bf16 units"))
+    if training and units and planned and planned.get("value") in ("bf16", "fp32"):
+        measured = _planned_training(precision, kind, units, planned, model)
+        if measured is not None:
+            return measured
     if training and units and "amx_bf16" not in units:
         return Precision(
-            precision, "fp32", kind, f"CPU has {', '.join(units)} but no AMX: bf16 training is not faster"
+            precision,
+            "fp32",
+            kind,
+            f"CPU has {', '.join(units)} but no AMX: bf16 training is not faster"
+            + _unmeasured_note(planned, model),
         )
     if units:
         return Precision(precision, "bf16", kind, f"CPU has {', '.join(units)}")
-    return Precision(precision, "fp32", kind, f"CPU has none of {', '.join(BF16_FLAGS)}")
+    note = ""
+    if training and planned and planned.get("value") == "bf16":
+        note = (
+            f"; the plan chose bf16 on {planned.get('cpu', 'another CPU')}, but here bf16 would be emulated"
+        )
+    return Precision(precision, "fp32", kind, f"CPU has none of {', '.join(BF16_FLAGS)}{note}")
+
+
+def _planned_training(
+    precision: str, kind: str, units: list[str], planned: Mapping[str, Any], model: str | None
+) -> Precision | None:
+    """The plan's measured training precision, or None when it was measured on another CPU model."""
+    here = cpu_model() if model is None else model
+    if planned.get("cpu") != here:
+        return None
+    speedup = planned.get("bf16_speedup")
+    measured = f"a bf16 training step {speedup:g}x as fast as fp32" if speedup else "bf16 not timed"
+    dtype = str(planned["value"])
+    return Precision(
+        precision,
+        dtype,
+        kind,
+        f"CPU has {', '.join(units)}; the plan measured {measured} on this CPU model, so {dtype} "
+        f"(bf16 when at least {BF16_TRAINING_MIN_SPEEDUP:g}x)",
+    )
+
+
+def _unmeasured_note(planned: Mapping[str, Any] | None, model: str | None) -> str:
+    """Why a plan's measurement was not followed (it was taken on another CPU), or ''."""
+    if not planned or not planned.get("cpu"):
+        return ""
+    return f"; the plan's measurement was taken on {planned['cpu']}, not on this {model or cpu_model()}"
 
 
 @contextlib.contextmanager
@@ -247,7 +308,11 @@ def precision_overrides(
         elif isinstance(value, str) and value.startswith("$"):
             overrides[key] = f"$medseg.networks.Autocast({value[1:]}, '{precision.dtype}')"
         elif isinstance(value, Mapping):
-            overrides[key] = {"_target_": "medseg.networks.Autocast", "network": value, "dtype": precision.dtype}
+            overrides[key] = {
+                "_target_": "medseg.networks.Autocast",
+                "network": value,
+                "dtype": precision.dtype,
+            }
     return overrides
 
 

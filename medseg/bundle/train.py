@@ -16,7 +16,15 @@ from medseg.errors import BundleError, InputError
 from medseg.io.atomic import atomic_write_json
 from medseg.precision import Precision, precision_overrides, resolve_precision
 
-__all__ = ["ALL_FOLDS", "TEST_FOLD", "budget_overrides", "evaluate_bundle", "fold_overrides", "train_bundle"]
+__all__ = [
+    "ALL_FOLDS",
+    "TEST_FOLD",
+    "budget_overrides",
+    "evaluate_bundle",
+    "fold_overrides",
+    "planned_precision",
+    "train_bundle",
+]
 
 # The networks the engines of a bundle's train.json / evaluate.json call (wrapped for bf16 autocast).
 TRAIN_NETWORKS = ("train#trainer#network", "validate#evaluator#network")
@@ -157,7 +165,9 @@ def train_bundle(
             and the learning-rate schedule are fitted to it (:class:`medseg.engine.TimeBudget`).
         start_time: ``time.time()`` when the budget started (default: now).
         precision: ``auto``, ``fp32`` or ``bf16`` for the forward passes of training and validation
-            (:mod:`medseg.precision`; the weights, optimizer and loss stay fp32).
+            (:mod:`medseg.precision`; the weights, optimizer and loss stay fp32). ``auto`` follows the
+            plan's measured choice (``training.precision`` in ``plans/plan.json``) on a CPU with bf16
+            units of the CPU model it was measured on.
 
     Returns:
         ``{"epochs", "iterations", "seconds", "val_fold", "train_folds", "last_metric", "best_metric",
@@ -182,7 +192,7 @@ def train_bundle(
         overrides["ckpt_dir"] = str(out / "models")
     overrides["resume"] = resume
     overrides["progress"] = progress
-    chosen = _precision(precision, training=True)
+    chosen = _precision(precision, training=True, planned=planned_precision(bundle))
     overrides.update(precision_overrides(config, chosen, TRAIN_NETWORKS))
     workflow = run_workflow(bundle, configs, workflow_type="train", **overrides)
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
@@ -275,11 +285,28 @@ def evaluate_bundle(
     return result
 
 
-def _precision(precision: str | None, training: bool = False) -> Precision:
+def planned_precision(bundle: Bundle) -> dict[str, Any] | None:
+    """The training precision a measured plan chose (``medseg plan --measure``): ``{"value": "bf16" |
+    "fp32", "cpu", "bf16_speedup", ...}`` from ``plans/plan.json``'s ``training`` entry, or None for a
+    bundle without a plan or a plan that measured none."""
+    from medseg.render.records import PLAN_FILE, read_plan
+
+    if not (bundle.root / PLAN_FILE).is_file():
+        return None
+    plan = read_plan(bundle.root)
+    if "training" not in plan.entries or "precision" not in plan["training"]:
+        return None
+    return {**plan.data("training").get("precision", {}), "value": plan["training"]["precision"]}
+
+
+def _precision(
+    precision: str | None, training: bool = False, planned: Mapping[str, Any] | None = None
+) -> Precision:
     """The run's precision on the device the bundles pick (``cuda:0`` when available, else the CPU)."""
     import torch
 
-    return resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", training=training)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_precision(precision, device, training=training, planned=planned)
 
 
 def _finite(value: Any) -> bool:

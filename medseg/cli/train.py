@@ -75,7 +75,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output-dir", help="logs, checkpoints and weights go here instead of the bundle")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_precision_argument(parser, "the training and validation passes (fp32 weights; auto: bf16 only with AMX)")
+    add_precision_argument(
+        parser,
+        "the training and validation passes (fp32 weights; auto: what the bundle's measured plan chose on "
+        "this CPU model, medseg plan --measure, else bf16 only with AMX)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -103,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     extra = {}
     if args.warm_start:
         if "warm_start" not in (bundle.root / "configs" / "train.json").read_text():
-            raise InputError("--warm-start is for interactive bundles (medseg plan --interactive)", param="warm_start")
+            raise InputError(
+                "--warm-start is for interactive bundles (medseg plan --interactive)", param="warm_start"
+            )
         extra["warm_start"] = str(Path(args.warm_start).resolve())
     result = train_bundle(
         bundle,
@@ -155,8 +161,16 @@ def _run_cv(args: argparse.Namespace, bundle: Any) -> int:
     names = list(summary["dice"])
     print(f"{'fold':>4} " + " ".join(f"{n[:22]:>22}" for n in names) + f" {'mean':>7}")
     for fold, member in summary["members"].items():
-        print(f"{fold:>4} " + " ".join(f"{member['dice'][n]:>22.4f}" for n in names) + f" {member['mean_dice']:>7.4f}")
-    print(f"{'all':>4} " + " ".join(f"{summary['dice'][n]:>22.4f}" for n in names) + f" {summary['mean_dice']:>7.4f}")
+        print(
+            f"{fold:>4} "
+            + " ".join(f"{member['dice'][n]:>22.4f}" for n in names)
+            + f" {member['mean_dice']:>7.4f}"
+        )
+    print(
+        f"{'all':>4} "
+        + " ".join(f"{summary['dice'][n]:>22.4f}" for n in names)
+        + f" {summary['mean_dice']:>7.4f}"
+    )
     post = summary.get("postprocessing")
     if post:
         kept = [s["step"] for s in post["steps"] if s["accepted"]]

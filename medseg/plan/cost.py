@@ -8,6 +8,13 @@ traffic and per-operator overheads are not FLOPs; on 2 cores the model predicted
 hippocampus step took 0.2 s), so ``medseg plan --measure`` times a few real training steps of the
 candidates it would choose (:class:`StepTimer`), on this machine, once: the times are cached per
 machine, torch version, threads and candidate.
+
+On a CPU with bf16 units (:func:`medseg.precision.bf16_units`) the timer also times the chosen
+candidate's step under bf16 autocast, with fp32 master weights as ``medseg train`` runs it
+(:meth:`StepTimer.training_precision`): whether bf16 pays off in training depends on the CPU (AMX
+multiplies bf16 matrices several times faster than fp32; AVX-512-BF16 alone speeds the forward up
+but not all of the backward pass), so the plan records both times and trains in bf16 only where it
+measured at least :data:`BF16_TRAINING_MIN_SPEEDUP` times faster.
 """
 
 from __future__ import annotations
@@ -26,8 +33,18 @@ from typing import Any
 
 from medseg.io.atomic import atomic_write_json
 from medseg.networks.registry import network_spec
+from medseg.plan.values import rounded as _rounded
+from medseg.precision import BF16_TRAINING_MIN_SPEEDUP
 
-__all__ = ["MEASURED_STEPS", "StepTimer", "build_network", "estimate_step", "machine_id", "measure_step"]
+__all__ = [
+    "BF16_TRAINING_MIN_SPEEDUP",
+    "MEASURED_STEPS",
+    "StepTimer",
+    "build_network",
+    "estimate_step",
+    "machine_id",
+    "measure_step",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +119,7 @@ def measure_step(
     device: str = "cpu",
     steps: int = MEASURED_STEPS,
     channels_last: bool = False,
+    precision: str = "fp32",
 ) -> float:
     """Seconds per training step of a ``network_def``, measured: the median of ``steps`` real
     forward + Dice-CE + backward + AdamW steps on random data, after one warm-up step.
@@ -113,15 +131,18 @@ def measure_step(
         device: ``cpu`` or a CUDA device.
         steps: timed steps.
         channels_last: store the weights channels-last, as a CPU training of this network does.
+        precision: ``fp32``, or ``bf16`` to run the forward under bf16 autocast with fp32 weights
+            (:class:`medseg.networks.Autocast`, as ``medseg train --precision bf16`` does).
     """
     import torch
     from monai.losses import DiceCELoss
 
-    from medseg.networks.base import to_channels_last
+    from medseg.networks.base import Autocast, to_channels_last
 
     generator = torch.Generator().manual_seed(0)
     network = to_channels_last(build_network(config), channels_last).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    forward = Autocast(network, precision) if precision != "fp32" else network
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     image = torch.randn((batch_size, config["in_channels"], *patch_size), generator=generator).to(device)
     label = torch.randint(0, config["out_channels"], (batch_size, 1, *patch_size), generator=generator).to(
@@ -130,7 +151,7 @@ def measure_step(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_function(network(image), label).backward()
+        loss_function(forward(image), label).backward()
         optimizer.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
@@ -156,6 +177,7 @@ class StepTimer:
         cache_file: the cache (default: ``step_times.json`` in :func:`medseg.paths.cache_dir`).
         device: where the steps run.
         steps: timed steps per candidate.
+        cpuinfo: where the CPU's flags and model are read (:mod:`medseg.precision`; a test fakes a CPU).
     """
 
     cache_file: Path | None = None
@@ -164,6 +186,7 @@ class StepTimer:
     ratio: float = 1.0
     measured: int = 0
     cached: int = 0
+    cpuinfo: str = "/proc/cpuinfo"
 
     def __post_init__(self) -> None:
         if self.cache_file is None:
@@ -183,8 +206,17 @@ class StepTimer:
             "steps": self.steps,
         }
 
-    def _key(self, config: Mapping[str, Any], patch: Sequence[int], batch: int, channels_last: bool) -> str:
+    def _key(
+        self,
+        config: Mapping[str, Any],
+        patch: Sequence[int],
+        batch: int,
+        channels_last: bool,
+        precision: str = "fp32",
+    ) -> str:
+        reduced = {"precision": precision} if precision != "fp32" else {}  # fp32 keys stay as they were
         candidate = {
+            **reduced,
             **self.context(),
             "config": dict(config),
             "patch": list(patch),
@@ -206,6 +238,7 @@ class StepTimer:
         batch: int,
         predicted: float,
         channels_last: bool = False,
+        precision: str = "fp32",
     ) -> float:
         """The measured seconds per step of a candidate (from the cache when it holds it).
 
@@ -215,20 +248,23 @@ class StepTimer:
             batch: its batch size.
             predicted: the FLOP model's seconds per step, to calibrate the next prediction.
             channels_last: whether its training stores weights channels-last.
+            precision: ``fp32``, or ``bf16`` for its step under bf16 autocast (a bf16 time does not
+                calibrate the FLOP model, which predicts fp32 steps).
         """
-        key = self._key(config, patch, batch, channels_last)
+        key = self._key(config, patch, batch, channels_last, precision)
         cache = self._read()
         if key in cache:
             seconds = float(cache[key]["seconds"])
             self.cached += 1
         else:
-            seconds = measure_step(config, patch, batch, self.device, self.steps, channels_last)
+            seconds = measure_step(config, patch, batch, self.device, self.steps, channels_last, precision)
             self.measured += 1
             cache[key] = {
                 "seconds": seconds,
                 "patch": list(patch),
                 "batch": batch,
                 "target": config["_target_"],
+                **({"precision": precision} if precision != "fp32" else {}),
             }
             try:
                 Path(self.cache_file).parent.mkdir(parents=True, exist_ok=True)
@@ -239,5 +275,66 @@ class StepTimer:
                     self.cache_file,
                     exc,
                 )
-        self.ratio = seconds / max(predicted, 1e-9)
+        if precision == "fp32":
+            self.ratio = seconds / max(predicted, 1e-9)
         return seconds
+
+    def training_precision(
+        self,
+        config: Mapping[str, Any],
+        patch: Sequence[int],
+        batch: int,
+        fp32_seconds: float,
+        channels_last: bool = False,
+    ) -> dict[str, Any]:
+        """The training precision of a chosen candidate, decided by measurement.
+
+        On a CPU with bf16 units (``amx_bf16`` or ``avx512_bf16`` in :attr:`cpuinfo`) the candidate's
+        step is timed under bf16 autocast with fp32 master weights; bf16 is chosen when
+        ``fp32_seconds`` is at least :data:`BF16_TRAINING_MIN_SPEEDUP` times the bf16 time. Without
+        bf16 units (bf16 would be emulated, slower) or on a GPU (the bundles' own fp16 AMP) nothing is
+        timed and the plan records fp32.
+
+        Args:
+            config: the candidate's ``network_def``.
+            patch: its padded patch.
+            batch: its batch size.
+            fp32_seconds: its measured fp32 step (:meth:`seconds`).
+            channels_last: whether its training stores weights channels-last.
+
+        Returns:
+            ``{"value": "bf16" | "fp32", "rule", "cpu", "bf16_units", "seconds_per_step_fp32",
+            "seconds_per_step_bf16" (None when not timed), "bf16_speedup" (None when not timed)}``.
+        """
+        from medseg.precision import BF16_FLAGS, bf16_units, cpu_flags, cpu_model
+
+        units = bf16_units(cpu_flags(self.cpuinfo))
+        record: dict[str, Any] = {
+            "cpu": cpu_model(self.cpuinfo),
+            "bf16_units": units,
+            "seconds_per_step_fp32": _rounded(fp32_seconds),
+            "seconds_per_step_bf16": None,
+            "bf16_speedup": None,
+        }
+        rule = (
+            f"bf16 autocast with fp32 master weights where the CPU has bf16 units ({' or '.join(BF16_FLAGS)}) "
+            f"and a measured bf16 training step is at least {BF16_TRAINING_MIN_SPEEDUP:g}x as fast as the fp32 "
+            "one, else fp32"
+        )
+        if not self.device.startswith("cpu"):
+            return {"value": "fp32", "rule": f"{rule}; a GPU trains with its own AMP: not timed", **record}
+        if not units:
+            return {
+                "value": "fp32",
+                "rule": f"{rule}; this CPU has no bf16 units (bf16 would be emulated, slower): not timed",
+                **record,
+            }
+        bf16 = self.seconds(config, patch, batch, fp32_seconds, channels_last, precision="bf16")
+        speedup = fp32_seconds / max(bf16, 1e-9)
+        chosen = "bf16" if speedup >= BF16_TRAINING_MIN_SPEEDUP else "fp32"
+        record.update(seconds_per_step_bf16=_rounded(bf16), bf16_speedup=_rounded(speedup, 3))
+        return {
+            "value": chosen,
+            "rule": f"{rule}; measured on this CPU ({', '.join(units)}): bf16 {speedup:.2f}x of fp32, so {chosen}",
+            **record,
+        }

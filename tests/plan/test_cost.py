@@ -13,6 +13,7 @@ import torch
 from medseg.errors import ConfigError
 from medseg.plan.cost import StepTimer, estimate_step, measure_step
 from medseg.plan.planner import explain, make_plan
+from medseg.precision import bf16_units
 from medseg.render import BundleTemplate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,19 +60,22 @@ def test_step_timer_caches_per_candidate(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # times real steps of a 4.7 M-parameter 3-D network
 def test_measured_plan_records_measured_and_predicted(fingerprint: dict[str, Any], tmp_path: Path) -> None:
-    """With a budget the FLOP model already fits, one candidate is timed, and the plan's epochs come
-    from the measured step; planning again on this machine takes the time from the cache."""
+    """With a budget the FLOP model already fits, one candidate is timed (and its bf16 step, on a CPU
+    with bf16 units), and the plan's epochs come from the measured step of the precision it trains in;
+    planning again on this machine takes the times from the cache."""
     timer = StepTimer(cache_file=tmp_path / "step_times.json", steps=1)
     plan = make_plan(fingerprint, target="cpu", cpu_cores=2, max_minutes=100_000, timer=timer)
     compute = plan["values"]["compute"]
     measured = compute["value"]["seconds_per_step_measured"]
-    assert timer.measured == 1 and compute["value"]["seconds_per_step"] == measured
+    assert timer.measured == 1 + bool(bf16_units()) and compute["value"]["seconds_per_step"] == measured
     assert compute["value"]["seconds_per_step_predicted"] > 0
     assert compute["data"]["measurement"] == timer.context()
     assert "measured on this machine" in compute["rule"]
     steps_per_epoch = compute["value"]["steps_per_epoch"]
-    epochs = plan["values"]["training"]["value"]["max_epochs"]
-    assert epochs == int(100_000 * 60 * 0.9 / (measured * steps_per_epoch))
+    training = plan["values"]["training"]
+    if training["value"]["precision"] == "bf16":
+        measured = training["data"]["precision"]["seconds_per_step_bf16"]
+    assert training["value"]["max_epochs"] == int(100_000 * 60 * 0.9 / (measured * steps_per_epoch))
     text = explain(plan)
     assert "seconds_per_step_measured" in text and "seconds_per_step_predicted" in text
 
