@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=run_check)
     export = actions.add_parser(
         "export",
-        help="export models/model.pt to TorchScript or ONNX (checked against eager within 1e-4)",
+        help="export models/model.pt to TorchScript or ONNX (checked against eager within 1e-4 of the largest logit)",
     )
     export.add_argument("bundle", help="bundle folder, e.g. bundles/hippocampus_unet3d")
     export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")

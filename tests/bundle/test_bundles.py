@@ -38,6 +38,7 @@ REQUIRED_MEAN_DICE = {
     "hippocampus_interactive": 0.86,  # without clicks (its automatic mode); clicks: tests/interactive
     "hippocampus_unet2d": 0.86,
     "left_atrium_unet3d": 0.88,
+    "left_atrium_interactive": 0.87,  # without clicks (its automatic mode); clicks: tests/interactive
     "hippocampus_ensemble": 0.892,  # above nnU-Net's 5-fold CV 0.889 on MSD Task04
     "left_atrium_ensemble": 0.88,  # the left atrium's bar, as for its single 3D U-Net
 }
@@ -212,4 +213,5 @@ def test_export_matches_eager(name: str, fmt: str, tmp_path: Path) -> None:
     suffix = ".ts" if fmt == "torchscript" else ".onnx"
     result = export_bundle(open_bundle(REPO / "bundles" / name), fmt, tmp_path / f"model{suffix}")
     assert Path(result["path"]).is_file()
-    assert result["max_abs_diff"] <= 1e-4
+    # fp32 rounding relative to the largest logit (medseg.bundle.export.export_tolerance); logits stay below 50
+    assert result["max_abs_diff"] <= result["tolerance"] <= 5e-3

@@ -15,6 +15,17 @@ from medseg.interactive.protocol import evaluate_clicks, next_click, run_protoco
 pytestmark = pytest.mark.needs_data
 
 NAMES = {0: "background", 1: "anterior", 2: "posterior"}
+# Each shipped interactive bundle: its fold-0 (test fold) case count and the issue's targets,
+# fold-0 mean Dice after k clicks ({k: floor}; 0 clicks is the automatic mode).
+SHIPPED = {
+    "hippocampus_interactive": (52, {0: 0.86}),
+    "left_atrium_interactive": (16, {0: 0.87, 5: 0.93}),
+}
+# Shipped bundles whose documented figures miss a target (each with what it measured and why).
+BELOW_TARGET = {
+    "left_atrium_interactive": "0.9006 after 5 clicks (target 0.93): 11 epochs of click training in the "
+    "35-minute CPU budget leave the guidance channels' weights small, so a click moves the mask only near it",
+}
 
 
 def _label(hippocampus_dir, case="hippocampus_001"):
@@ -80,11 +91,32 @@ def test_plain_bundle_refuses_clicks(msd_copy, tmp_path, capsys):
     assert "--interactive" in capsys.readouterr().err
 
 
+def _documented_clicks(name: str) -> dict:
+    return json.loads((open_bundle(f"bundles/{name}").root / "plans" / "training.json").read_text())["clicks"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=BELOW_TARGET[name]))
+        if name in BELOW_TARGET
+        else name
+        for name in SHIPPED
+    ],
+)
+def test_shipped_interactive_bundle_meets_its_targets(name):
+    """The documented fold-0 click table reaches the issue's targets (reproduced by the slow test below)."""
+    documented = _documented_clicks(name)["mean_dice"]
+    for k, floor in SHIPPED[name][1].items():
+        assert documented[str(k)] >= floor, f"{name}: {documented[str(k)]} after {k} clicks, target {floor}"
+
+
 @pytest.mark.slow
-def test_shipped_interactive_bundle_reproduces_its_click_table(tmp_path, capsys):
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_interactive_bundle_reproduces_its_click_table(name, tmp_path, capsys):
     """medseg evaluate --clicks on the whole test fold gives the table its README documents."""
-    bundle = open_bundle("bundles/hippocampus_interactive")
-    documented = json.loads((bundle.root / "plans" / "training.json").read_text())["clicks"]
+    bundle = open_bundle(f"bundles/{name}")
+    documented = _documented_clicks(name)
     output = tmp_path / "m.json"
     assert (
         main(
@@ -106,12 +138,12 @@ def test_shipped_interactive_bundle_reproduces_its_click_table(tmp_path, capsys)
     )
     result = json.loads(output.read_text())
     metrics = result["metrics"]
-    assert result["cases"] == 52 and result["clicks"] == [0, 1, 3, 5]
+    assert result["cases"] == SHIPPED[name][0] and result["clicks"] == [0, 1, 3, 5]
     for k in ("0", "1", "3", "5"):
         assert metrics[f"mean_dice_clicks_{k}"] == pytest.approx(documented["mean_dice"][k], abs=2e-3)
-        for name, value in documented["dice"][k].items():
-            assert metrics[f"dice_clicks_{k}"][name] == pytest.approx(value, abs=2e-3)
-    assert metrics["mean_dice_clicks_0"] >= 0.86  # the issue's floor without clicks
+        for label, value in documented["dice"][k].items():
+            assert metrics[f"dice_clicks_{k}"][label] == pytest.approx(value, abs=2e-3)
+    assert metrics["mean_dice_clicks_0"] >= SHIPPED[name][1][0]  # the issue's floor without clicks
     assert metrics["mean_dice_clicks_5"] > metrics["mean_dice_clicks_0"]
     assert f"{documented['mean_dice']['5']:.4f}" in (bundle.root / "docs" / "README.md").read_text()
     assert "mean" in capsys.readouterr().out

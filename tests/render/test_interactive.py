@@ -82,5 +82,6 @@ def test_plain_plan_stays_plain(msd_copy, tmp_path):
     assert _config(bundle, "train")["network_def"]["in_channels"] == 1
 
 
-def test_shipped_interactive_bundle_renders_from_its_plan():
-    assert check_bundle(REPO / "bundles" / "hippocampus_interactive") == []
+@pytest.mark.parametrize("name", ["hippocampus_interactive", "left_atrium_interactive"])
+def test_shipped_interactive_bundle_renders_from_its_plan(name):
+    assert check_bundle(REPO / "bundles" / name) == []

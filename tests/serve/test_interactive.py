@@ -1,7 +1,8 @@
 """Interactive bundles served as MONAI Label's DeepEdit type (medseg.serve.label.interactive), over HTTP.
 
-A real server in the MONAI Label venv serves ``bundles/hippocampus_interactive``; a fold-0 case (never
-trained on) is uploaded with no clicks, then with the click the protocol's simulated user makes
+A real server in the MONAI Label venv serves ``bundles/hippocampus_interactive`` and
+``bundles/left_atrium_interactive``; for each, a fold-0 case (never trained on) is uploaded with no
+clicks, then with the click the protocol's simulated user makes
 (medseg.interactive.protocol.next_click), the way 3D Slicer sends it; bad clicks get 4xx with a message.
 """
 
@@ -15,6 +16,8 @@ import pytest
 from support.serve import REPO_ROOT, call, fold_cases, label_python, make_msd_studies, read_nifti_bytes
 
 from medseg.bundle import open_bundle
+from medseg.data import split_folds
+from medseg.data.dataset import load_datalist
 from medseg.interactive.protocol import next_click
 from medseg.interactive.session import ClickPredictor
 from medseg.serve.launcher import LabelServer
@@ -23,7 +26,14 @@ from medseg.serve.workdir import discover_bundles, prepare_workdir
 pytestmark = [pytest.mark.slow, pytest.mark.needs_data, pytest.mark.needs_label_venv]
 
 MODEL = "hippocampus_interactive"
-NAMES = {0: "background", 1: "anterior hippocampus", 2: "posterior hippocampus"}
+# each shipped interactive bundle: its dataset folder and its click names by label value
+SERVED = {
+    MODEL: (
+        "msd-task04-hippocampus",
+        {0: "background", 1: "anterior hippocampus", 2: "posterior hippocampus"},
+    ),
+    "left_atrium_interactive": ("la2018-left-atrium", {0: "background", 1: "left_atrium"}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +41,9 @@ def served(tmp_path_factory, hippocampus_dir: Path):
     root = tmp_path_factory.mktemp("serve-interactive")
     case = fold_cases(hippocampus_dir, 0)[0]
     studies = make_msd_studies(hippocampus_dir, root / "studies", [case])
-    prepared = prepare_workdir(root / "work", str(studies), discover_bundles(REPO_ROOT / "bundles", [MODEL]))
+    prepared = prepare_workdir(
+        root / "work", str(studies), discover_bundles(REPO_ROOT / "bundles", list(SERVED))
+    )
     server = LabelServer(label_python(), prepared, log=root / "server.log", infer_workers=1)
     server.start()
     try:
@@ -41,10 +53,10 @@ def served(tmp_path_factory, hippocampus_dir: Path):
         server.stop()
 
 
-def _infer(url: str, image: Path, params: dict):
+def _infer(url: str, image: Path, params: dict, model: str = MODEL):
     return call(
         "POST",
-        f"{url}/infer/{MODEL}?output=image",
+        f"{url}/infer/{model}?output=image",
         fields={"params": json.dumps(params)},
         files={"file": (image.name, image.read_bytes())},
         timeout=300,
@@ -52,28 +64,31 @@ def _infer(url: str, image: Path, params: dict):
 
 
 @pytest.mark.timeout(900)
-def test_deepedit_model_takes_clicks_over_http(served, hippocampus_dir: Path):
+@pytest.mark.parametrize("model", list(SERVED))
+def test_deepedit_model_takes_clicks_over_http(served, shared_data: Path, model: str):
     import nibabel as nib
 
-    url, case = served["url"], served["case"]
-    info = call("GET", f"{url}/info/").json()["models"][MODEL]
+    url = served["url"]
+    folder, names = SERVED[model]
+    case = split_folds(load_datalist(shared_data / folder), 0)[0]
+    info = call("GET", f"{url}/info/").json()["models"][model]
     assert info["type"] == "deepedit"  # 3D Slicer's MONAI Label module offers its point tools
-    assert info["labels"] == {"background": 0, "anterior hippocampus": 1, "posterior hippocampus": 2}
-    image = hippocampus_dir / "imagesTr" / f"{case}.nii.gz"
-    truth = np.rint(np.asarray(nib.load(hippocampus_dir / "labelsTr" / f"{case}.nii.gz").dataobj)).astype(int)
+    assert info["labels"] == {name: value for value, name in names.items()}
+    image = Path(case["image"])
+    truth = np.rint(np.asarray(nib.load(case["label"]).dataobj)).astype(int)
     empty = {name: [] for name in info["labels"]}
-    first = _infer(url, image, empty)
+    first = _infer(url, image, empty, model)
     assert first.status == 200, first.detail
     automatic, affine = read_nifti_bytes(first.body)
     assert automatic.shape == truth.shape and np.allclose(affine, nib.load(image).affine, atol=1e-4)
-    name, point = next_click(np.rint(automatic).astype(int), truth, NAMES)
-    second = _infer(url, image, {**empty, name: [point]})
+    name, point = next_click(np.rint(automatic).astype(int), truth, names)
+    second = _infer(url, image, {**empty, name: [point]}, model)
     assert second.status == 200, second.detail
     corrected = np.rint(read_nifti_bytes(second.body)[0]).astype(int)
     errors = lambda pred: int((pred != truth).sum())  # noqa: E731
     assert errors(corrected) < errors(np.rint(automatic).astype(int))
     # the served answer is the click protocol's (same clicks on the stored array, same bundle)
-    local = ClickPredictor(open_bundle(REPO_ROOT / "bundles" / MODEL))
+    local = ClickPredictor(open_bundle(REPO_ROOT / "bundles" / model))
     prepared = local.prepare(str(image))
     assert np.mean(local.predict(prepared, {name: [point]}) == corrected) > 0.999
     assert np.mean(local.predict(prepared, {}) == np.rint(automatic).astype(int)) > 0.999
