@@ -21,6 +21,10 @@ from pathlib import Path
 
 import pytest
 
+# Plans made by the tests come from the FLOP model alone, the same on every machine (a measured plan
+# depends on the machine and its load); tests of the measurement ask for it with --measure.
+os.environ.setdefault("MEDSEG_PLAN_MEASURE", "0")
+
 # dataset-building fixtures (msd_copy, nnunet_copy, kvasir_png, kvasir_jpeg, hippocampus_png, hippocampus_slices)
 from support.datasets import (  # noqa: E402, F401
     hippocampus_png,

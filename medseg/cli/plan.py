@@ -9,10 +9,15 @@ atomically, so a bad dataset leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "run"]
+__all__ = ["MEASURE_ENV", "add_parser", "run"]
+
+# "0" plans CPU bundles from the FLOP model alone, as --no-measure does (the test suite sets it, so that
+# its plans are the same on every machine).
+MEASURE_ENV = "MEDSEG_PLAN_MEASURE"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -78,13 +83,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--measure",
-        action="store_true",
-        help="CPU plans: time a few real training steps of the candidates on this machine (cached per machine, "
-        "torch version, threads and candidate) instead of trusting the FLOP model alone; the plan and --explain "
-        "show measured and predicted seconds per step",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU plans (default: on): time a few real training steps of the candidates on this machine (cached "
+        "per machine, torch version, threads and candidate) instead of trusting the FLOP model alone; the plan "
+        f"and --explain show measured and predicted seconds per step. --no-measure (or {MEASURE_ENV}=0) plans "
+        "from the FLOP model alone: the same plan on every machine",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing plan")
     parser.set_defaults(func=run)
+
+
+def _measures(args: argparse.Namespace, target: str) -> bool:
+    """Whether the plan times real training steps: CPU plans do unless told not to (``--no-measure`` or
+    ``MEDSEG_PLAN_MEASURE=0``); a GPU plan is sized by memory and times nothing (``--measure`` is refused there)."""
+    if args.measure is not None:
+        return bool(args.measure)
+    return target == "cpu" and os.environ.get(MEASURE_ENV, "1").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
 
 
 def _read_json_object(path: Path, what: str) -> dict:
@@ -169,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         dataset_folder=spec.root.name,
         overrides=overrides,
         concepts=concepts,
-        timer=StepTimer() if args.measure else None,
+        timer=StepTimer() if _measures(args, target) else None,
     )
     if args.interactive:  # the template's choice, recorded so that re-rendering picks it again
         plan["inputs"]["interactive"] = True

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,20 +37,31 @@ from medseg.precision import BF16_TRAINING_MIN_SPEEDUP
 
 __all__ = [
     "BF16_TRAINING_MIN_SPEEDUP",
+    "BUSY_LOAD_PER_CORE",
     "MEASURED_STEPS",
+    "WARMUP_STEPS",
     "StepTimer",
     "build_network",
     "estimate_step",
+    "load_per_core",
     "machine_id",
     "measure_step",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Timed steps per candidate (after one warm-up step): the median of three is steady to a few per
-# cent on a quiet machine and costs well under a second for the networks a CPU plan chooses.
-MEASURED_STEPS = 3
+# Timed steps per candidate, after WARMUP_STEPS untimed ones (oneDNN creates its kernels for new
+# shapes during the first steps). The fastest of five is the step's cost on a quiet machine: on a
+# shared one other processes only ever add time (with two OpenMP threads and a third busy process a
+# step can take 20x its quiet time), and a median of three taken under such load once made 80 x 80
+# patches look slower than 160 x 160. Five small 2-D or 3-D steps cost about a second.
+MEASURED_STEPS = 5
+WARMUP_STEPS = 2
 STEP_CACHE_FILE = "step_times.json"
+# A machine whose load average per usable core exceeds this is busy: its measured steps are slower
+# than the quiet machine's, so a time cached from a busy machine is measured again once the machine
+# is quieter, and the faster of the two is kept.
+BUSY_LOAD_PER_CORE = 1.0
 
 
 def build_network(config: Mapping[str, Any]) -> Any:
@@ -112,6 +122,16 @@ def machine_id(device: str = "cpu") -> str:
     return f"{model} x{cores}"
 
 
+def load_per_core() -> float:
+    """The one-minute load average per core this process may use (0 where the OS does not say)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return load / max(1, cores)
+
+
 def measure_step(
     config: Mapping[str, Any],
     patch_size: Sequence[int],
@@ -121,8 +141,8 @@ def measure_step(
     channels_last: bool = False,
     precision: str = "fp32",
 ) -> float:
-    """Seconds per training step of a ``network_def``, measured: the median of ``steps`` real
-    forward + Dice-CE + backward + AdamW steps on random data, after one warm-up step.
+    """Seconds per training step of a ``network_def``, measured: the fastest of ``steps`` real
+    forward + Dice-CE + backward + AdamW steps on random data, after :data:`WARMUP_STEPS` untimed ones.
 
     Args:
         config: a ``network_def``.
@@ -156,13 +176,14 @@ def measure_step(
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
 
-    step()  # warm-up: oneDNN and cuDNN pick their kernels, the optimizer allocates its state
+    for _ in range(WARMUP_STEPS):  # oneDNN and cuDNN pick their kernels, the optimizer allocates its state
+        step()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 @dataclass
@@ -172,6 +193,11 @@ class StepTimer:
 
     It also keeps the ratio of measured to predicted time of its last measurement, with which the
     planner calibrates the FLOP model's prediction of the next candidate before deciding to time it.
+
+    Each cached time keeps the machine's load per core when it was measured: a time measured on a busy
+    machine (load above :data:`BUSY_LOAD_PER_CORE`) is measured again when the machine is quieter, and
+    the faster of the two kept, so that the cache tends to the quiet machine's times; :attr:`load` is
+    the highest load under which any time this timer gave was measured (the plan records it).
 
     Args:
         cache_file: the cache (default: ``step_times.json`` in :func:`medseg.paths.cache_dir`).
@@ -186,6 +212,7 @@ class StepTimer:
     ratio: float = 1.0
     measured: int = 0
     cached: int = 0
+    load: float = 0.0
     cpuinfo: str = "/proc/cpuinfo"
 
     def __post_init__(self) -> None:
@@ -253,14 +280,27 @@ class StepTimer:
         """
         key = self._key(config, patch, batch, channels_last, precision)
         cache = self._read()
-        if key in cache:
-            seconds = float(cache[key]["seconds"])
+        load = load_per_core() if self.device == "cpu" else 0.0
+        entry = cache.get(key)
+        if entry is not None and not _measured_busier(entry, load):
+            seconds = float(entry["seconds"])
             self.cached += 1
+            self.load = max(self.load, float(entry.get("load", 0.0)))
         else:
             seconds = measure_step(config, patch, batch, self.device, self.steps, channels_last, precision)
             self.measured += 1
+            if load > BUSY_LOAD_PER_CORE:
+                logger.warning(
+                    "this machine is busy (load %.1f per core): measured step times are slower than on a quiet "
+                    "machine; plan again when it is quiet (the faster time is then kept)",
+                    load,
+                )
+            if entry is not None and float(entry["seconds"]) <= seconds:  # the busier time was still faster
+                seconds, load = float(entry["seconds"]), float(entry.get("load", 0.0))
+            self.load = max(self.load, load)
             cache[key] = {
                 "seconds": seconds,
+                "load": round(load, 2),
                 "patch": list(patch),
                 "batch": batch,
                 "target": config["_target_"],
@@ -338,3 +378,9 @@ class StepTimer:
             "rule": f"{rule}; measured on this CPU ({', '.join(units)}): bf16 {speedup:.2f}x of fp32, so {chosen}",
             **record,
         }
+
+
+def _measured_busier(entry: Mapping[str, Any], load: float) -> bool:
+    """Whether a cached time was measured on a busy machine that is quieter now (measure it again)."""
+    then = float(entry.get("load", 0.0))
+    return then > BUSY_LOAD_PER_CORE and load < then

@@ -172,7 +172,8 @@ def _rule(photographs: bool, enough: bool) -> str:
     coarser = (
         "photographs have no spacing, so a coarser scale is a fixed square target size every image is resized to "
         "for training and inference (the median image's geometric-mean side times the scale, then the training "
-        "patch when one patch holds the whole image), predictions resized back to each image's own size"
+        "patch when one patch holds the whole image), predictions resized back to each image's own size; a CPU "
+        "plan's patch is the whole resized image, never a crop of it (a coarser scale, not a crop, makes it fit)"
         if photographs
         else "a coarser scale is a larger target spacing, predictions mapped back to each image's own grid"
     )

@@ -110,8 +110,29 @@ def test_plan_measure_times_steps_once_per_machine(msd_copy, tmp_path, capsys, m
     assert "s measured on this machine" in printed and "seconds_per_step_predicted" in printed
     cache = json.loads((tmp_path / "cache" / "step_times.json").read_text())
     compute = json.loads((out / "plans" / "plan.json").read_text())["values"]["compute"]
-    (timed,) = cache.values()  # one candidate timed: the first the FLOP model fits
+    # one candidate timed in fp32: the first the FLOP model fits (and, on a CPU with bf16 units, its bf16 step)
+    (timed,) = [entry for entry in cache.values() if "precision" not in entry]
     assert timed["seconds"] == pytest.approx(compute["value"]["seconds_per_step_measured"], rel=1e-3)
 
     assert main([*args[:-3], "--target", "gpu", "--measure", "--force"]) != 0
     assert "sized by memory" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # fingerprints a dataset and times real training steps
+def test_cpu_plans_measure_by_default(msd_copy, tmp_path, monkeypatch):
+    """A CPU plan times its steps unless told not to: --no-measure, or MEDSEG_PLAN_MEASURE=0 (which the
+    test suite sets), plan from the FLOP model alone; a GPU plan times nothing."""
+    monkeypatch.setenv("MEDSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEDSEG_PLAN_MEASURE")
+    dataset = msd_copy()
+
+    def compute(*extra: str) -> dict:
+        out = tmp_path / "_".join(extra or ("default",)).strip("-")
+        assert main(["plan", str(dataset), "-o", str(out), "--max-minutes", "100000", *extra]) == 0
+        return json.loads((out / "plans" / "plan.json").read_text())["values"]["compute"]["value"]
+
+    assert "seconds_per_step_measured" in compute("--target", "cpu")
+    assert "seconds_per_step_measured" not in compute("--target", "cpu", "--no-measure")
+    monkeypatch.setenv("MEDSEG_PLAN_MEASURE", "0")
+    assert "seconds_per_step_measured" not in compute("--target", "cpu", "--workers", "1")
+    assert "memory_budget_gib" in compute("--target", "gpu")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
+from medseg.plan import cost
 from medseg.plan.cost import StepTimer, estimate_step, measure_step
 from medseg.plan.planner import explain, make_plan
 from medseg.precision import bf16_units
@@ -40,7 +41,8 @@ def test_count_and_measurement_of_one_step() -> None:
     assert measure_step(SMALL_UNET, [32, 32], 2, steps=1) > 0
 
 
-def test_step_timer_caches_per_candidate(tmp_path: Path) -> None:
+def test_step_timer_caches_per_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cost, "load_per_core", lambda: 0.2)  # a quiet machine, whatever runs beside the test
     cache = tmp_path / "step_times.json"
     first = StepTimer(cache_file=cache, steps=1)
     seconds = first.seconds(SMALL_UNET, [32, 32], 2, predicted=0.001)
@@ -58,18 +60,45 @@ def test_step_timer_caches_per_candidate(tmp_path: Path) -> None:
     assert context["machine"] and context["device"] == "cpu"
 
 
+def test_times_from_a_busy_machine_are_measured_again_when_it_is_quieter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step timed on a busy machine is timed again once the machine is quieter, and the faster time kept;
+    the plan learns the busiest load its measurements ran under."""
+    cache = tmp_path / "step_times.json"
+    times = iter([0.9, 0.3])  # busy, then quiet
+    monkeypatch.setattr(cost, "measure_step", lambda *args, **kwargs: next(times))
+    loads = {"now": 3.0}
+    monkeypatch.setattr(cost, "load_per_core", lambda: loads["now"])
+
+    busy = StepTimer(cache_file=cache)
+    assert busy.seconds(SMALL_UNET, [32, 32], 2, predicted=0.01) == 0.9 and busy.load == 3.0
+    assert StepTimer(cache_file=cache).seconds(SMALL_UNET, [32, 32], 2, predicted=0.01) == 0.9  # still busy
+
+    loads["now"] = 0.4
+    quiet = StepTimer(cache_file=cache)
+    assert quiet.seconds(SMALL_UNET, [32, 32], 2, predicted=0.01) == 0.3 and quiet.measured == 1
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["seconds"] == 0.3 and entry["load"] == 0.4
+    again = StepTimer(cache_file=cache)  # measured quiet: cached from now on
+    assert again.seconds(SMALL_UNET, [32, 32], 2, predicted=0.01) == 0.3 and again.cached == 1
+
+
 @pytest.mark.slow  # times real steps of a 4.7 M-parameter 3-D network
-def test_measured_plan_records_measured_and_predicted(fingerprint: dict[str, Any], tmp_path: Path) -> None:
+def test_measured_plan_records_measured_and_predicted(
+    fingerprint: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With a budget the FLOP model already fits, one candidate is timed (and its bf16 step, on a CPU
     with bf16 units), and the plan's epochs come from the measured step of the precision it trains in;
     planning again on this machine takes the times from the cache."""
+    monkeypatch.setattr(cost, "load_per_core", lambda: 0.2)  # quiet, whatever runs beside the test
     timer = StepTimer(cache_file=tmp_path / "step_times.json", steps=1)
     plan = make_plan(fingerprint, target="cpu", cpu_cores=2, max_minutes=100_000, timer=timer)
     compute = plan["values"]["compute"]
     measured = compute["value"]["seconds_per_step_measured"]
     assert timer.measured == 1 + bool(bf16_units()) and compute["value"]["seconds_per_step"] == measured
     assert compute["value"]["seconds_per_step_predicted"] > 0
-    assert compute["data"]["measurement"] == timer.context()
+    assert compute["data"]["measurement"] == {**timer.context(), "load_per_core": 0.2}
     assert "measured on this machine" in compute["rule"]
     steps_per_epoch = compute["value"]["steps_per_epoch"]
     training = plan["values"]["training"]
