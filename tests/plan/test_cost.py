@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from support.networks import SMALL_UNET
 
 from medseg.errors import ConfigError
 from medseg.plan import cost
@@ -18,16 +19,6 @@ from medseg.precision import bf16_units
 from medseg.render import BundleTemplate
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL_UNET = {
-    "_target_": "medseg.networks.UNet",
-    "spatial_dims": 2,
-    "in_channels": 1,
-    "out_channels": 3,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 1,
-    "norm": "instance",
-}
 
 
 @pytest.fixture(scope="module")

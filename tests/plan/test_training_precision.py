@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.networks import SMALL_UNET
 
 import medseg.plan.cost as cost
 from medseg.plan.cost import StepTimer, measure_step
@@ -21,16 +22,6 @@ from medseg.plan.planner import make_plan
 from medseg.precision import BF16_TRAINING_MIN_SPEEDUP, bf16_units, cpu_model, resolve_precision
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_UNET = {
-    "_target_": "medseg.networks.UNet",
-    "spatial_dims": 2,
-    "in_channels": 1,
-    "out_channels": 3,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 1,
-    "norm": "instance",
-}
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
 cpu family\t: 25
@@ -65,7 +56,7 @@ def fingerprint() -> dict[str, Any]:
 
 
 def test_a_bf16_step_is_timed_with_fp32_master_weights() -> None:
-    assert measure_step(TINY_UNET, [32, 32], 2, steps=1, precision="bf16") > 0
+    assert measure_step(SMALL_UNET, [32, 32], 2, steps=1, precision="bf16") > 0
 
 
 @pytest.mark.parametrize(("bf16_seconds", "chosen"), [(0.08, "bf16"), (0.095, "fp32")])
@@ -74,7 +65,7 @@ def test_bf16_only_when_measured_at_least_ten_percent_faster(
 ) -> None:
     asked = _fake_steps(monkeypatch, fp32=0.1, bf16=bf16_seconds)
     timer = StepTimer(cache_file=tmp_path / "steps.json", steps=1, cpuinfo=_cpuinfo(tmp_path, bf16=True))
-    record = timer.training_precision(TINY_UNET, [32, 32], 2, fp32_seconds=0.1, channels_last=True)
+    record = timer.training_precision(SMALL_UNET, [32, 32], 2, fp32_seconds=0.1, channels_last=True)
     assert asked == ["bf16"] and timer.measured == 1
     assert record["value"] == chosen
     assert record["seconds_per_step_bf16"] == bf16_seconds
@@ -84,7 +75,7 @@ def test_bf16_only_when_measured_at_least_ten_percent_faster(
     assert f"so {chosen}" in record["rule"]
     # the bf16 time is cached beside, not over, the candidate's fp32 time, and does not calibrate the model
     assert timer.ratio == 1.0
-    timer.seconds(TINY_UNET, [32, 32], 2, predicted=0.05, channels_last=True)
+    timer.seconds(SMALL_UNET, [32, 32], 2, predicted=0.05, channels_last=True)
     entries = json.loads((tmp_path / "steps.json").read_text())
     assert sorted(e.get("precision", "fp32") for e in entries.values()) == ["bf16", "fp32"]
 
@@ -94,7 +85,7 @@ def test_a_cpu_without_bf16_units_is_not_timed_and_plans_fp32(
 ) -> None:
     asked = _fake_steps(monkeypatch, fp32=0.1, bf16=0.01)
     timer = StepTimer(cache_file=tmp_path / "steps.json", steps=1, cpuinfo=_cpuinfo(tmp_path, bf16=False))
-    record = timer.training_precision(TINY_UNET, [32, 32], 2, fp32_seconds=0.1)
+    record = timer.training_precision(SMALL_UNET, [32, 32], 2, fp32_seconds=0.1)
     assert asked == [] and timer.measured == 0
     assert record["value"] == "fp32" and record["seconds_per_step_bf16"] is None
     assert "no bf16 units" in record["rule"]
