@@ -32,6 +32,7 @@ SMALL: dict[str, dict] = {
     "fcn": {"channels": (8, 16, 16, 32, 32), "convs_per_stage": 1, "fc_channels": 32},
     "segnet": {"channels": (8, 16, 32), "convs_per_stage": 1},
     "pspnet": {"channels": (8, 16, 16, 32, 32), "num_blocks": (1, 1, 1, 1), "decoder_channels": 16},
+    "resencunet": {"channels": (8, 16, 32, 64), "strides": (2, 2, 2), "blocks_down": (1, 2, 2, 2)},
 }
 
 
