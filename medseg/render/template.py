@@ -928,6 +928,18 @@ class BundleTemplate:
 
     # -- docs/README.md and LICENSE --------------------------------------------------------
 
+    def _epochs_said(self) -> str:
+        """The protocol's epochs: the planned schedule, and the recorded run's where it differs (a
+        shipped run stopped by ``--max-minutes``, or warm-started and run in parts)."""
+        planned_epochs = self.training["max_epochs"]
+        record = self.record
+        if not record or int(record["epochs"]) == int(planned_epochs):
+            return f"for a fixed {planned_epochs} epochs"
+        return (
+            f"on a fixed schedule planned for {planned_epochs} epochs (the shipped weights trained "
+            f"{record['epochs']}: see Training and results)"
+        )
+
     def results(self) -> list[str]:
         """The README's section on the bundle's own training run and its test-fold Dice."""
         record = self.record
@@ -985,8 +997,8 @@ class BundleTemplate:
                 "## Protocol",
                 "medseg's fixed split: sort the case ids, fold k holds the cases whose index % 5 == k. Fold "
                 f"{t['test_fold']} is the test fold: no decision (schedule, checkpoint, early stopping) looks at "
-                f"it. The network trains on folds {', '.join(map(str, t['train_folds']))} for a fixed "
-                f"{t['max_epochs']} epochs, fold {t['val_fold']} is validated for monitoring"
+                f"it. The network trains on folds {', '.join(map(str, t['train_folds']))} "
+                f"{self._epochs_said()}, fold {t['val_fold']} is validated for monitoring"
                 f"{' only (it is trained on too)' if monitor_only(t) else ''}, and the final EMA weights are kept "
                 "as `models/model.pt`. Accuracy figures are measured on fold 0 only.",
                 "",

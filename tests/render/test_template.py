@@ -197,6 +197,9 @@ def test_training_record_renders_into_metadata_and_readme(planned_msd):
     assert metadata["version"] == "0.2.0" and metadata["eval_metrics"]["mean_dice"] == 0.375
     readme = (bundle / "docs" / "README.md").read_text()
     assert "**0.3750**" in readme and "1.2 minutes" in readme and "a test machine" in readme
+    planned_epochs = read_plan(bundle)["training"]["max_epochs"]
+    assert planned_epochs != 3  # the README says both: the planned schedule and the recorded run
+    assert f"planned for {planned_epochs} epochs (the shipped weights trained 3:" in readme
     del record["machine"]
     (bundle / RECORD_FILE).write_text(json.dumps(record))
     with pytest.raises(BundleError, match="lacks machine"):
