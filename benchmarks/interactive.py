@@ -6,9 +6,11 @@ what ``medseg evaluate --clicks`` measures) and through a real MONAI Label serve
 ``medseg serve``'s launcher, each prediction one ``POST /infer/<model>`` with the image uploaded
 and the clicks in ``params`` as 3D Slicer sends them. Prints mean Dice after each click count both
 ways and the HTTP round trip's time per click (median and 90th percentile, upload and answer
-included), and writes ``benchmarks/results/interactive.json``. Fold 0 is only measured here.
+included), and writes the bundle's entry of ``benchmarks/results/interactive.json`` (one entry per
+bundle, the others kept). Fold 0 is only measured here.
 
-    python benchmarks/interactive.py --bundle bundles/hippocampus_interactive --clicks 0 1 3 5 --limit 10
+    python benchmarks/interactive.py --bundle bundles/hippocampus_interactive --clicks 0 1 3 5
+    python benchmarks/interactive.py --bundle bundles/left_atrium_interactive --clicks 0 1 3 5
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -121,25 +124,18 @@ def main() -> None:
         f"HTTP round trip per click: median {median:.2f} s, 90th percentile {p90:.2f} s ({len(seconds)} requests)"
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "bundle": bundle.name,
-                "version": bundle.version,
-                "fold": 0,
-                "cases": len(items),
-                "machine": machine,
-                "mean_dice_clicks": {str(k): v for k, v in table.items()},
-                "round_trip_seconds": {
-                    "median": round(median, 3),
-                    "p90": round(p90, 3),
-                    "requests": len(seconds),
-                },
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    runs = json.loads(RESULTS.read_text()).get("bundles", {}) if RESULTS.is_file() else {}
+    runs[bundle.name] = {
+        "version": bundle.version,
+        "fold": 0,
+        "cases": len(items),
+        "machine": machine,
+        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
+        "mean_dice_clicks": {str(k): v for k, v in table.items()},
+        "largest_difference": round(max(abs(row["http"] - row["in_process"]) for row in table.values()), 4),
+        "round_trip_seconds": {"median": round(median, 3), "p90": round(p90, 3), "requests": len(seconds)},
+    }
+    RESULTS.write_text(json.dumps({"bundles": dict(sorted(runs.items()))}, indent=2) + "\n")
     print(f"written: {RESULTS}")
 
 

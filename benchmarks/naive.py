@@ -112,6 +112,7 @@ def train_2d(
     num_classes: int,
     minutes: float,
     start: float | None = None,
+    seed: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
     """Train the naive 2-D recipe for ``minutes`` of wall clock from ``start``, data loading included.
 
@@ -121,6 +122,7 @@ def train_2d(
         num_classes: classes, background included.
         minutes: the wall-clock budget.
         start: ``time.time()`` when the budget began (default: now).
+        seed: torch's seed (the initial weights) and the batches' and flips' draws.
 
     Returns:
         The network (in eval mode) and ``{"iterations", "seconds_per_step", "data_seconds"}``.
@@ -131,8 +133,8 @@ def train_2d(
 
     start = time.time() if start is None else start
     more = _clock(start, minutes)
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     x = np.stack([read_image_2d(item["image"], NAIVE_2D_SIZE, channels)[0] for item in items])
     y = np.stack([_label_2d(item["label"], NAIVE_2D_SIZE) for item in items])[:, None]
     data_s = time.time() - start

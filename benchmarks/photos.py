@@ -14,6 +14,13 @@ each photo's own size:
   budget's wall clock, random flips only, batch 8; predictions resized back to each photo's size.
 
     python benchmarks/photos.py --minutes 8 --out benchmarks/results/photos.json
+    python benchmarks/photos.py --minutes 8 --seeds 1 2 --out benchmarks/results/photos_seeds.json
+
+``--seeds``: each recipe once per seed (``medseg train --seed``; the naive recipe's torch and numpy
+seeds). An 8-minute training's result depends on its seed as much as on its recipe: on fold 1 the
+naive recipe scored 0.706 with seed 0 and 0.628 and 0.622 with seeds 1 and 2 (931 iterations each,
+``benchmarks/results/photos_fold1.json``), so a comparison at one seed says little. ``--fold 1``
+scores fold 1 instead (development; the recipes still train on folds 2-4 only).
 
 The machine's load is recorded before and after each recipe: on a shared machine the figures
 depend on it.
@@ -42,6 +49,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from naive import NAIVE_2D_BATCH, NAIVE_2D_SIZE, predict_2d, train_2d  # noqa: E402
 
 
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -56,23 +70,28 @@ def _cli(*args: str, log: Path) -> float:
     return time.time() - start
 
 
-def medseg_recipe(data: Path, work: Path, minutes: float, measure: bool) -> dict[str, Any]:
-    """Plan, train and evaluate with medseg; the plan's resolution choice and the fold-0 Dice."""
+def medseg_recipe(
+    data: Path, work: Path, minutes: float, measure: bool, seed: int = 0, fold: int = 0
+) -> dict[str, Any]:
+    """Plan, train (with ``seed``) and evaluate on ``fold`` with medseg; the plan's resolution choice and
+    the Dice."""
+    work = work / f"medseg_seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
     bundle, log = work / "bundle", work / "medseg_log.txt"
     before = load()
     plan_s = _cli("plan", str(data), "--dims", "2", "--output", str(bundle), "--max-minutes", str(minutes),
                   *(["--measure"] if measure else []), log=log)  # fmt: skip
-    train_s = _cli(
-        "train", str(bundle), "--data", str(data), "--max-minutes", str(minutes), "--no-progress", log=log
-    )
+    train_s = _cli("train", str(bundle), "--data", str(data), "--max-minutes", str(minutes), "--no-progress",
+                   "--seed", str(seed), log=log)  # fmt: skip
     metrics = work / "medseg_metrics.json"
     eval_s = _cli(
-        "evaluate", str(bundle), "--data", str(data), "--fold", "0", "--output", str(metrics), log=log
+        "evaluate", str(bundle), "--data", str(data), "--fold", str(fold), "--output", str(metrics), log=log
     )
     values = json.loads((bundle / "plans" / "plan.json").read_text())["values"]
     iterations = [line for line in log.read_text().splitlines() if "trained" in line and "iterations" in line]
     return {
         "recipe": "medseg",
+        "seed": seed,
         "mean_dice": json.loads(metrics.read_text())["metrics"]["val_mean_dice"],
         "resolution": values["resolution"]["value"],
         "patch_size": values["patch_size"]["value"],
@@ -88,8 +107,9 @@ def medseg_recipe(data: Path, work: Path, minutes: float, measure: bool) -> dict
     }
 
 
-def naive_recipe(data: Path, minutes: float) -> dict[str, Any]:
-    """The naive 2-D recipe, trained for ``minutes`` of wall clock (data loading included)."""
+def naive_recipe(data: Path, minutes: float, seed: int = 0, fold: int = 0) -> dict[str, Any]:
+    """The naive 2-D recipe, trained with ``seed`` for ``minutes`` of wall clock (data loading
+    included), scored on ``fold``."""
     from PIL import Image
 
     from medseg.data import split_folds
@@ -97,16 +117,17 @@ def naive_recipe(data: Path, minutes: float) -> dict[str, Any]:
 
     before, start = load(), time.time()
     datalist = load_datalist(data)
-    net, info = train_2d(split_folds(datalist, [2, 3, 4]), 3, 2, minutes, start)
+    net, info = train_2d(split_folds(datalist, [2, 3, 4]), 3, 2, minutes, start, seed=seed)
     train_s = time.time() - start
     scores = []
-    for item in split_folds(datalist, 0):
+    for item in split_folds(datalist, fold):
         pred = predict_2d(net, item["image"], 3) > 0
         truth = np.asarray(Image.open(item["label"])) > 0
         both = pred.sum() + truth.sum()
         scores.append(float(2 * np.logical_and(pred, truth).sum() / both) if both else 1.0)
     return {
         "recipe": f"naive {NAIVE_2D_SIZE}x{NAIVE_2D_SIZE}, batch {NAIVE_2D_BATCH}",
+        "seed": seed,
         "mean_dice": float(np.mean(scores)),
         "iterations": info["iterations"],
         "seconds_per_step": info["seconds_per_step"],
@@ -123,6 +144,10 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=8.0)
     parser.add_argument("--measure", action="store_true", help="medseg plan --measure")
     parser.add_argument("--only", choices=("medseg", "naive"), help="run one recipe")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="each recipe once per seed")
+    parser.add_argument(
+        "--fold", type=int, default=0, choices=(0, 1), help="the fold scored (1: development)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "photos.json")
     args = parser.parse_args()
 
@@ -134,23 +159,36 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="medseg-photos-") as tmp:
         data = write_kvasir_dev(Path(source), Path(tmp) / "kvasir")
-        if args.only in (None, "medseg"):
-            rows.append(medseg_recipe(data, Path(tmp), args.minutes, args.measure))
-        if args.only in (None, "naive"):
-            rows.append(naive_recipe(data, args.minutes))
+        for seed in args.seeds:
+            if args.only in (None, "medseg"):
+                rows.append(medseg_recipe(data, Path(tmp), args.minutes, args.measure, seed, args.fold))
+            if args.only in (None, "naive"):
+                rows.append(naive_recipe(data, args.minutes, seed, args.fold))
     result = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "cpu": _cpu(),
         "minutes": args.minutes,
-        "fold": 0,
+        "fold": args.fold,
+        "seeds": args.seeds,
         "rows": rows,
+        "mean_over_seeds": {
+            recipe: round(float(np.mean([r["mean_dice"] for r in rows if r["recipe"] == recipe])), 4)
+            for recipe in dict.fromkeys(r["recipe"] for r in rows)
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"Kvasir-SEG dev, fold 0 (100 photos), {args.minutes:g} wall-clock minutes of training each")
-    print("| recipe | mean Dice | load before | load after |")
-    print("|---|---:|---|---|")
+    print(
+        f"Kvasir-SEG dev, fold {args.fold} (100 photos), {args.minutes:g} wall-clock minutes of training each"
+    )
+    print("| recipe | seed | mean Dice | load before | load after |")
+    print("|---|---:|---:|---|---|")
     for row in rows:
-        print(f"| {row['recipe']} | {row['mean_dice']:.4f} | {row['load_before']} | {row['load_after']} |")
+        print(
+            f"| {row['recipe']} | {row['seed']} | {row['mean_dice']:.4f} | {row['load_before']} | {row['load_after']} |"
+        )
+    for recipe, dice in result["mean_over_seeds"].items():
+        print(f"{recipe}: mean over seeds {args.seeds}: {dice:.4f}")
     return 0
 
 

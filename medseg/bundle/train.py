@@ -146,6 +146,7 @@ def train_bundle(
     max_minutes: float | None = None,
     start_time: float | None = None,
     precision: str | None = None,
+    seed: int | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run the bundle's ``train.json``; returns what the run did and its validation metrics.
@@ -168,6 +169,10 @@ def train_bundle(
             (:mod:`medseg.precision`; the weights, optimizer and loss stay fp32). ``auto`` follows the
             plan's measured choice (``training.precision`` in ``plans/plan.json``) on a CPU with bf16
             units of the CPU model it was measured on.
+        seed: the bundle's ``seed`` (MONAI's ``set_determinism``: the network's initial weights, the
+            shuffling and the augmentation draws) instead of its own; a short training's result
+            varies with it (on Kvasir-SEG dev, 8 minutes: fold-1 Dice 0.62-0.71 over three seeds of
+            one recipe), so comparisons of recipes use several.
 
     Returns:
         ``{"epochs", "iterations", "seconds", "val_fold", "train_folds", "last_metric", "best_metric",
@@ -190,6 +195,16 @@ def train_bundle(
         out = Path(output_dir).resolve()
         overrides["output_dir"] = str(out)
         overrides["ckpt_dir"] = str(out / "models")
+    if seed is not None:
+        if "seed" not in config:
+            raise BundleError(
+                f'bundle {bundle.name}\'s train.json has no seed to replace; add "seed" and '
+                "monai.utils.set_determinism(seed=@seed) to its initialize, or train without --seed",
+                param="seed",
+            )
+        if not 0 <= seed < 2**32:
+            raise InputError(f"seed must be in 0..2**32-1, got {seed}", param="seed")
+        overrides["seed"] = int(seed)
     overrides["resume"] = resume
     overrides["progress"] = progress
     chosen = _precision(precision, training=True, planned=planned_precision(bundle))
@@ -209,6 +224,7 @@ def train_bundle(
         "best_metric": float(evaluator.state.best_metric),
         "best_metric_epoch": int(evaluator.state.best_metric_epoch),
         "precision": chosen.as_dict(),
+        "seed": workflow.parser.get_parsed_content("seed") if "seed" in config else None,
     }
 
 

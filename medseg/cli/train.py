@@ -53,6 +53,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="wall-clock budget for the whole command, data caching included: the epochs and the "
         "learning-rate schedule are fitted to it after the first iterations",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the training's random seed (initial weights, shuffling, augmentation) instead of the bundle's",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     parser.add_argument(
         "--cv",
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         start_time=start_time,
         precision=args.precision,
+        seed=args.seed,
         **extra,
     )
     monitored = " (trained on too)" if result["val_fold"] in result["train_folds"] else ""
@@ -142,6 +149,8 @@ def _run_cv(args: argparse.Namespace, bundle: Any) -> int:
     from medseg.ensemble.cv import train_cv
     from medseg.errors import InputError
 
+    if args.seed is not None:
+        raise InputError("--seed trains one network; --cv members train with the bundle's seed", param="seed")
     if args.fold is not None or args.resume or args.output_dir:
         raise InputError(
             "--cv trains every member into BUNDLE/cv/fold_K and resumes unfinished ones itself; "

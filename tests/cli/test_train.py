@@ -167,3 +167,24 @@ def test_plan_train_evaluate_a_3d_msd_dataset(msd_copy, tmp_path: Path, capsys) 
     )
     assert 0.0 <= result["metrics"]["val_mean_dice"] <= 1.0
     assert "fold 0, 2 cases" in out
+
+
+@pytest.mark.needs_data
+def test_seed_replaces_the_bundles_seed(monkeypatch, capsys) -> None:
+    """``--seed`` reaches ``set_determinism`` through the bundle's ``seed``; ``--cv`` refuses it."""
+    seen: dict = {}
+
+    def capture(bundle_, configs, workflow_type="train", run=True, **overrides):
+        seen.update(overrides)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_train, "run_workflow", capture)
+    assert main(["train", str(SHIPPED), "--seed", "7"]) == 130
+    assert seen["seed"] == 7
+    seen.clear()
+    assert main(["train", str(SHIPPED)]) == 130
+    assert "seed" not in seen  # the bundle's own
+    train = json.loads((SHIPPED / "configs" / "train.json").read_text())
+    assert "$monai.utils.set_determinism(seed=@seed)" in json.dumps(train)
+    assert main(["train", str(SHIPPED), "--cv", "--seed", "7"]) == 2
+    assert "--seed trains one network" in capsys.readouterr().err
