@@ -19,7 +19,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,13 +29,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "interactive.json"
 sys.path.insert(0, str(REPO / "workflows"))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -54,6 +46,7 @@ def main() -> None:
     from medseg.evaluation import mean_dice
     from medseg.interactive.protocol import run_protocol
     from medseg.interactive.session import ClickPredictor
+    from medseg.precision import cpu_model
     from medseg.serve.launcher import LabelServer, find_label_python
     from medseg.serve.workdir import discover_bundles, prepare_workdir
 
@@ -111,8 +104,8 @@ def main() -> None:
         }
         for k in args.clicks
     }
-    cores = Path("/proc/cpuinfo").read_text().count("\nprocessor") + 1
-    machine = f"{_cpu()}, {cores} cores, CPU only"
+    cores = os.cpu_count()
+    machine = f"{cpu_model()}, {cores} cores, CPU only"
     print(f"\n{bundle.name} {bundle.version}, fold 0, {len(items)} cases; {machine}")
     print(f"{'clicks':>6} {'in process':>11} {'HTTP':>7} {'diff':>7}")
     for k, row in table.items():

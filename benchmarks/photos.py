@@ -49,13 +49,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from naive import NAIVE_2D_BATCH, NAIVE_2D_SIZE, predict_2d, train_2d  # noqa: E402
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -154,6 +147,7 @@ def main() -> int:
     from support.datasets import write_kvasir_dev
 
     from medseg.data import default_data_dir
+    from medseg.precision import cpu_model
 
     source = default_data_dir("kvasir-seg-dev")
     rows = []
@@ -166,7 +160,7 @@ def main() -> int:
                 rows.append(naive_recipe(data, args.minutes, seed, args.fold))
     result = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "minutes": args.minutes,
         "fold": args.fold,
         "seeds": args.seeds,

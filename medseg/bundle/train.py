@@ -224,7 +224,6 @@ def train_bundle(
         "best_metric": float(evaluator.state.best_metric),
         "best_metric_epoch": int(evaluator.state.best_metric_epoch),
         "precision": chosen.as_dict(),
-        "seed": workflow.parser.get_parsed_content("seed") if "seed" in config else None,
     }
 
 
