@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from medseg.data.dataset import open_dataset
+from medseg.plan.budget import CpuBudget
 from medseg.plan.fingerprint import extract_fingerprint
 from medseg.plan.planner import explain, make_plan
 from medseg.plan.resolution import NEEDED_VIEWS, RESOLUTION_SCALES
@@ -94,3 +95,19 @@ def test_photographs_get_a_square_target_size(kvasir_jpeg):
     assert short["patch_size"]["value"] == size  # the whole resized photograph is one patch
     ample = make_plan(fp, dims=2, cpu_cores=2, max_minutes=60)["values"]
     assert ample["resolution"]["value"] == {"scale": 1.0, "target_spacing": None, "target_size": None}
+
+
+@pytest.mark.needs_data
+def test_photographs_take_width_before_resolution(kvasir_jpeg):
+    """A wider network at a coarser scale beats a narrower one at a finer scale when both see enough."""
+    fp = extract_fingerprint(open_dataset(kvasir_jpeg(count=10)), workers=1, progress=False)
+    resolution = make_plan(fp, dims=2, cpu_cores=2, max_minutes=1.0)["values"]["resolution"]
+    rank = {width.name: index for index, width in enumerate(CpuBudget.ladder)}
+    enough = [c for c in resolution["data"]["candidates"] if c["views"] >= NEEDED_VIEWS]
+    (chosen,) = [c for c in enough if c["scale"] == resolution["value"]["scale"]]
+    widest = min(rank[c["width"]] for c in enough)
+    assert rank[chosen["width"]] == widest
+    assert chosen["scale"] == max(c["scale"] for c in enough if rank[c["width"]] == widest)
+    # not vacuous: a finer scale saw enough with a narrower network, and was passed over
+    assert any(c["scale"] > chosen["scale"] and rank[c["width"]] > widest for c in enough)
+    assert "width before resolution" in resolution["rule"]
