@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from support.networks import SMALL_UNET
 
 from medseg.errors import ConfigError
-from medseg.plan.budget import BUDGETS, Assessment, CpuBudget, GpuBudget, make_budget, resenc_preset
+from medseg.plan.budget import (
+    BUDGETS,
+    CALIBRATED_MARGIN,
+    Assessment,
+    CpuBudget,
+    GpuBudget,
+    make_budget,
+    resenc_preset,
+)
 from medseg.plan.planner import TARGETS, make_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,3 +108,25 @@ def test_new_budget_kind_is_one_class(fingerprint: dict[str, Any], new_budget_ki
     assert plan["values"]["batch_size"]["value"] == 4
     assert plan["inputs"]["target"] == plan["values"]["compute"]["value"]["target"] == new_budget_kind
     assert plan["values"]["network"] == gpu["values"]["network"]
+
+
+@pytest.mark.parametrize(("calibrated_over", "timed"), [(1.2, True), (CALIBRATED_MARGIN * 1.1, False)])
+def test_a_candidate_near_the_limit_is_timed(calibrated_over: float, timed: bool) -> None:
+    """The FLOP model's measured-to-predicted ratio varies with the network, so a candidate predicted to
+    miss the allowed step by less than CALIBRATED_MARGIN is timed, and its measured step decides."""
+    calls: list[float] = []
+
+    class Timer:
+        ratio = 2.0
+
+        def seconds(self, config: Any, patch: Any, batch: int, predicted: float, channels_last: bool) -> float:
+            calls.append(predicted)
+            return 0.5  # measured: fits a limit of 1 s
+
+    budget = CpuBudget(max_minutes=15, cores=2, timer=Timer())  # type: ignore[arg-type]
+    limit = 1.0
+    predicted = limit * calibrated_over / Timer.ratio
+    seconds, times = budget._measured(SMALL_UNET, [32, 32], 2, predicted, limit)
+    assert bool(calls) == timed
+    assert seconds == (0.5 if timed else pytest.approx(predicted * Timer.ratio))
+    assert ("seconds_per_step_measured" in times) == timed
