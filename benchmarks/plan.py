@@ -31,8 +31,9 @@ command (medseg: data caching included; naive: its whole process until training 
 ``nnUNetv2_train`` process); planning and preprocessing are timed apart, and inference on the test
 fold is timed and not budgeted. For medseg the table also sets the step time its plan measured
 (at the precision the training ran: a plan that chose bf16 timed both; ``plan_step_fp32`` in the
-JSON is the fp32 step its candidates were chosen by) beside the step time its training then showed (the median interval between the training's
-iterations in its TensorBoard log): issue 21 asks them within 25 % of each other.
+JSON is the fp32 step its candidates were chosen by) beside the step time its training then showed
+(the median interval between the training's iterations in its TensorBoard log): issue 21 asks them
+within 25 % of each other.
 
     # issue 21: every dataset at 8 and 30 minutes against the naive recipes (about 3 hours)
     python benchmarks/plan.py --baseline naive \\
