@@ -200,12 +200,11 @@ def training_steps(bundle: Path, log: Path) -> dict[str, Any]:
     return found
 
 
-def _planned_step(plan: dict[str, Any], precision: str | None) -> float | None:
+def _planned_step(plan: dict[str, Any], precision: str | None, fp32_step: float | None) -> float | None:
     """The step time the plan measured at the precision the training ran (a plan that chose bf16 timed
-    both); the fp32 step the candidates were chosen by otherwise."""
-    compute = plan.get("compute", {}).get("value", {})
+    both); ``fp32_step``, the one the candidates were chosen by, otherwise."""
     measured = plan.get("training", {}).get("data", {}).get("precision", {}).get(f"seconds_per_step_{precision}")
-    return measured or compute.get("seconds_per_step_measured", compute.get("seconds_per_step"))
+    return measured or fp32_step
 
 
 def medseg_finish(state: dict, data: Path, work: Path, labels: dict[int, str], cpu: int) -> dict[str, Any]:
@@ -219,7 +218,8 @@ def medseg_finish(state: dict, data: Path, work: Path, labels: dict[int, str], c
     plan = json.loads((bundle / "plans" / "plan.json").read_text())["values"]
     compute = plan.get("compute", {}).get("value", {})
     steps = training_steps(bundle, log)
-    planned_step = _planned_step(plan, steps.get("precision"))
+    fp32_step = compute.get("seconds_per_step_measured", compute.get("seconds_per_step"))
+    planned_step = _planned_step(plan, steps.get("precision"), fp32_step)
     return {
         "plan_seconds": state["plan_seconds"],
         "train_seconds": state["train_seconds"],
@@ -229,7 +229,7 @@ def medseg_finish(state: dict, data: Path, work: Path, labels: dict[int, str], c
         "batch_size": plan["batch_size"]["value"],
         "parameters": plan["network"]["data"].get("parameters"),
         "plan_step_seconds": planned_step,
-        "plan_step_fp32": compute.get("seconds_per_step_measured", compute.get("seconds_per_step")),
+        "plan_step_fp32": fp32_step,
         "plan_step_measured": "seconds_per_step_measured" in compute,
         "plan_step_predicted": compute.get("seconds_per_step_predicted"),
         **steps,
