@@ -454,14 +454,15 @@ def _search(
     """
     min_coverage = 1.0 if whole_image and budget.target == "cpu" else budget.min_coverage
     tried: list[dict[str, Any]] = []
-    for rung, width in enumerate(budget.ladder):
+    ladder = budget.ladder_for(whole_image)
+    for rung, width in enumerate(ladder):
         patch = _initial_patch(geometry.spacing, geometry.median_shape)
         while True:
             candidate = _candidate(fp, spec, budget, geometry, width, patch)
             if candidate.assessment.fits:
                 return replace(candidate, tried=tuple(tried))
             tried.append(candidate.attempt())
-            if rung < len(budget.ladder) - 1:
+            if rung < len(ladder) - 1:
                 break  # a lighter network is tried before a smaller patch
             smaller = _reduce_patch(patch, geometry, candidate.topology.divisor, min_coverage)
             if smaller is None:

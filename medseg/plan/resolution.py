@@ -184,8 +184,8 @@ def choose_resolution(
 
 
 def _rung(budget: Budget, found: _Found) -> int:
-    """The found network's rung on the budget's ladder (0: the widest)."""
-    return budget.ladder.index(found.width)
+    """The found network's rung on the budget's ladder for photographs (0: the widest)."""
+    return budget.ladder_for(True).index(found.width)
 
 
 def _rule(photographs: bool, enough: bool) -> str:

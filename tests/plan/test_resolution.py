@@ -102,7 +102,7 @@ def test_photographs_take_width_before_resolution(kvasir_jpeg):
     """A wider network at a coarser scale beats a narrower one at a finer scale when both see enough."""
     fp = extract_fingerprint(open_dataset(kvasir_jpeg(count=10)), workers=1, progress=False)
     resolution = make_plan(fp, dims=2, cpu_cores=2, max_minutes=1.0)["values"]["resolution"]
-    rank = {width.name: index for index, width in enumerate(CpuBudget.ladder)}
+    rank = {width.name: index for index, width in enumerate(CpuBudget.image_ladder)}
     enough = [c for c in resolution["data"]["candidates"] if c["views"] >= NEEDED_VIEWS]
     (chosen,) = [c for c in enough if c["scale"] == resolution["value"]["scale"]]
     widest = min(rank[c["width"]] for c in enough)
@@ -111,3 +111,21 @@ def test_photographs_take_width_before_resolution(kvasir_jpeg):
     # not vacuous: a finer scale saw enough with a narrower network, and was passed over
     assert any(c["scale"] > chosen["scale"] and rank[c["width"]] > widest for c in enough)
     assert "width before resolution" in resolution["rule"]
+
+
+@pytest.mark.needs_data
+def test_two_units_per_level_are_for_photographs_only(kvasir_jpeg):
+    """Photographs search the rung of 16 base features with two residual units per level (it beat one unit
+    on Kvasir-SEG dev); volumes keep the ladder their shipped plans were measured with."""
+    two_units = CpuBudget.image_ladder[1]
+    assert (two_units.base, two_units.blocks) == (16, 2) and two_units not in CpuBudget.ladder
+    fp = extract_fingerprint(open_dataset(kvasir_jpeg(count=10)), workers=1, progress=False)
+    photos = make_plan(fp, dims=2, cpu_cores=2, max_minutes=1.0)["values"]
+    assert two_units.name in {c["width"] for c in photos["resolution"]["data"]["candidates"]}
+    for bundle in ("hippocampus_unet3d", "left_atrium_unet3d"):
+        fingerprint, _ = _shipped(bundle)
+        for minutes in (0.5, 8, 30):
+            values = make_plan(fingerprint, cpu_cores=2, max_minutes=minutes)["values"]
+            tried = {t["width"] for t in values["compute"]["data"].get("tried", [])}
+            widths = tried | {c["width"] for c in values["resolution"]["data"]["candidates"]}
+            assert two_units.name not in widths
