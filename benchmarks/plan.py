@@ -202,9 +202,14 @@ def training_steps(bundle: Path, log: Path) -> dict[str, Any]:
 
 def _planned_step(plan: dict[str, Any], precision: str | None, fp32_step: float | None) -> float | None:
     """The step time the plan measured at the precision the training ran (a plan that chose bf16 timed
-    both); ``fp32_step``, the one the candidates were chosen by, otherwise."""
-    measured = plan.get("training", {}).get("data", {}).get("precision", {}).get(f"seconds_per_step_{precision}")
-    return measured or fp32_step
+    both; ``fp32_step``, the one the candidates were chosen by, otherwise), plus the data pipeline's
+    time per step where the plan measured it."""
+    measured = (
+        plan.get("training", {}).get("data", {}).get("precision", {}).get(f"seconds_per_step_{precision}")
+    )
+    step = measured or fp32_step
+    data = plan.get("compute", {}).get("value", {}).get("seconds_per_step_data")
+    return round(step + data, 4) if step and data else step
 
 
 def medseg_finish(state: dict, data: Path, work: Path, labels: dict[int, str], cpu: int) -> dict[str, Any]:
@@ -230,6 +235,7 @@ def medseg_finish(state: dict, data: Path, work: Path, labels: dict[int, str], c
         "parameters": plan["network"]["data"].get("parameters"),
         "plan_step_seconds": planned_step,
         "plan_step_fp32": fp32_step,
+        "plan_step_data": compute.get("seconds_per_step_data"),
         "plan_step_measured": "seconds_per_step_measured" in compute,
         "plan_step_predicted": compute.get("seconds_per_step_predicted"),
         **steps,

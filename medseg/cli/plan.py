@@ -226,6 +226,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"step time: {compute['seconds_per_step_measured']} s measured on this machine, "
             f"{compute['seconds_per_step_predicted']} s predicted by the FLOP model"
+            + (
+                f", plus {compute['seconds_per_step_data']} s of data pipeline per step"
+                if "seconds_per_step_data" in compute
+                else ""
+            )
         )
     print(f"written: {root / FINGERPRINT_FILE}, {root / PLAN_FILE}")
     if not_rendered:

@@ -24,8 +24,9 @@ import json
 import logging
 import os
 import platform
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from medseg.precision import BF16_TRAINING_MIN_SPEEDUP
 __all__ = [
     "BF16_TRAINING_MIN_SPEEDUP",
     "BUSY_LOAD_PER_CORE",
+    "MEASURED_ITEMS",
     "MEASURED_STEPS",
     "WARMUP_STEPS",
     "StepTimer",
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 # step can take 20x its quiet time), and a median of three taken under such load once made 80 x 80
 # patches look slower than 160 x 160. Five small 2-D or 3-D steps cost about a second.
 MEASURED_STEPS = 5
+# Items the data pipeline's random transforms are timed on (their mean: the transforms are random).
+MEASURED_ITEMS = 16
 WARMUP_STEPS = 2
 STEP_CACHE_FILE = "step_times.json"
 # A machine whose load average per usable core exceeds this is busy: its measured steps are slower
@@ -186,6 +190,43 @@ def measure_step(
     return min(times)
 
 
+def measure_transforms(
+    config: Mapping[str, Any], key: str, shape: Sequence[int], channels: int, items: int = MEASURED_ITEMS
+) -> float:
+    """Seconds the random transforms of a bundle config take per cached item, measured: the mean over
+    ``items`` synthetic items (after one untimed item), each a copy of a float image and a two-class
+    label, as a ``CacheDataset`` hands its cached items to the random transforms.
+
+    The mean, not the fastest: the transforms are random (an affine with probability 0.3 costs on
+    about a third of the items), and the mean is what a training's steps add up to.
+
+    Args:
+        config: a rendered ``train.json`` (its ``@`` references resolve in it).
+        key: the transforms' key, e.g. ``train#random_transforms``.
+        shape: the cached image's spatial shape (what the deterministic transforms give).
+        channels: image channels.
+        items: timed items.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    transform = Compose(ConfigParser(dict(config)).get_parsed_content(key))
+    transform.set_random_state(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand((channels, *shape), generator=generator)
+    label = (torch.rand((1, *shape), generator=generator) > 0.7).to(torch.uint8)
+
+    def item() -> None:
+        transform({"image": image.clone(), "label": label.clone()})
+
+    item()  # first-call costs: the affine's grid buffers, lazy imports
+    start = time.perf_counter()
+    for _ in range(items):
+        item()
+    return (time.perf_counter() - start) / items
+
+
 @dataclass
 class StepTimer:
     """Measured step times of planned candidates, cached per machine, torch version, threads and
@@ -258,6 +299,59 @@ class StepTimer:
         except (OSError, ValueError):  # no cache yet, or a damaged one: measure again
             return {}
 
+    def _cached(self, key: str, measure: Callable[[], float], describe: Mapping[str, Any]) -> float:
+        """A time from the cache, or measured (and cached with ``describe``): measured again when it
+        was measured on a busy machine that is quieter now, the faster of the two kept."""
+        cache = self._read()
+        load = load_per_core() if self.device == "cpu" else 0.0
+        entry = cache.get(key)
+        if entry is not None and not _measured_busier(entry, load):
+            self.cached += 1
+            self.load = max(self.load, float(entry.get("load", 0.0)))
+            return float(entry["seconds"])
+        seconds = measure()
+        self.measured += 1
+        if load > BUSY_LOAD_PER_CORE:
+            logger.warning(
+                "this machine is busy (load %.1f per core): measured step times are slower than on a quiet "
+                "machine; plan again when it is quiet (the faster time is then kept)",
+                load,
+            )
+        if entry is not None and float(entry["seconds"]) <= seconds:  # the busier time was still faster
+            seconds, load = float(entry["seconds"]), float(entry.get("load", 0.0))
+        self.load = max(self.load, load)
+        cache[key] = {"seconds": seconds, "load": round(load, 2), **describe}
+        try:
+            Path(self.cache_file).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(Path(self.cache_file), cache)
+        except OSError as exc:  # a read-only home: the plan is still right, only not cached
+            logger.warning(
+                "cannot write the step-time cache %s (%s); measuring again next time", self.cache_file, exc
+            )
+        return seconds
+
+    def transform_seconds(
+        self, config: Mapping[str, Any], key: str, shape: Sequence[int], channels: int
+    ) -> float:
+        """Seconds a bundle config's random transforms take per cached image
+        (:func:`measure_transforms`), cached like the steps: per machine, torch version, threads, the
+        transforms (with the config entries they reference), shape and channels."""
+        transforms = _at(config, key)
+        referenced = sorted(set(re.findall(r"@(\w+)", json.dumps(transforms))))
+        candidate = {
+            **self.context(),
+            "transforms": transforms,
+            "referenced": {name: config.get(name) for name in referenced},
+            "shape": list(shape),
+            "channels": channels,
+        }
+        digest = hashlib.sha256(json.dumps(candidate, sort_keys=True, default=str).encode()).hexdigest()
+        return self._cached(
+            digest,
+            lambda: measure_transforms(config, key, shape, channels),
+            {"transforms": key, "shape": list(shape), "channels": channels},
+        )
+
     def seconds(
         self,
         config: Mapping[str, Any],
@@ -279,42 +373,16 @@ class StepTimer:
                 calibrate the FLOP model, which predicts fp32 steps).
         """
         key = self._key(config, patch, batch, channels_last, precision)
-        cache = self._read()
-        load = load_per_core() if self.device == "cpu" else 0.0
-        entry = cache.get(key)
-        if entry is not None and not _measured_busier(entry, load):
-            seconds = float(entry["seconds"])
-            self.cached += 1
-            self.load = max(self.load, float(entry.get("load", 0.0)))
-        else:
-            seconds = measure_step(config, patch, batch, self.device, self.steps, channels_last, precision)
-            self.measured += 1
-            if load > BUSY_LOAD_PER_CORE:
-                logger.warning(
-                    "this machine is busy (load %.1f per core): measured step times are slower than on a quiet "
-                    "machine; plan again when it is quiet (the faster time is then kept)",
-                    load,
-                )
-            if entry is not None and float(entry["seconds"]) <= seconds:  # the busier time was still faster
-                seconds, load = float(entry["seconds"]), float(entry.get("load", 0.0))
-            self.load = max(self.load, load)
-            cache[key] = {
-                "seconds": seconds,
-                "load": round(load, 2),
+        seconds = self._cached(
+            key,
+            lambda: measure_step(config, patch, batch, self.device, self.steps, channels_last, precision),
+            {
                 "patch": list(patch),
                 "batch": batch,
                 "target": config["_target_"],
                 **({"precision": precision} if precision != "fp32" else {}),
-            }
-            try:
-                Path(self.cache_file).parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(Path(self.cache_file), cache)
-            except OSError as exc:  # a read-only home: the plan is still right, only not cached
-                logger.warning(
-                    "cannot write the step-time cache %s (%s); measuring again next time",
-                    self.cache_file,
-                    exc,
-                )
+            },
+        )
         if precision == "fp32":
             self.ratio = seconds / max(predicted, 1e-9)
         return seconds
@@ -378,6 +446,14 @@ class StepTimer:
             "rule": f"{rule}; measured on this CPU ({', '.join(units)}): bf16 {speedup:.2f}x of fp32, so {chosen}",
             **record,
         }
+
+
+def _at(config: Mapping[str, Any], key: str) -> Any:
+    """The entry at a ``#``-separated bundle config key."""
+    entry: Any = config
+    for part in key.split("#"):
+        entry = entry[int(part)] if isinstance(entry, list) else entry[part]
+    return entry
 
 
 def _measured_busier(entry: Mapping[str, Any], load: float) -> bool:

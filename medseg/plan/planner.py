@@ -66,7 +66,7 @@ from medseg.plan.budget import (
     Width,
     make_budget,
 )
-from medseg.plan.cost import StepTimer, estimate_step
+from medseg.plan.cost import MEASURED_ITEMS, StepTimer, estimate_step
 from medseg.plan.overrides import (
     WHY_KEY,
     apply_overrides,
@@ -937,7 +937,58 @@ def make_plan(
     input_overrides, value_overrides = split_overrides(overrides or {})
     apply_overrides(values, value_overrides, (overrides or {}).get(WHY_KEY))
     inputs = _inputs(fingerprint, spec, dims, budget, name, dataset_folder, concepts, input_overrides)
-    return {"plan_version": PLAN_VERSION, "medseg_version": __version__, "inputs": inputs, "values": values}
+    plan = {"plan_version": PLAN_VERSION, "medseg_version": __version__, "inputs": inputs, "values": values}
+    if budget.timer is not None and budget.target == "cpu":
+        _add_data_time(plan, budget, geometry, "training.max_epochs" in value_overrides)
+    return plan
+
+
+def _cached_shape(values: Mapping[str, Any], geometry: _Geometry) -> list[int]:
+    """The spatial shape of a cached training image: a photograph's target size, else the median image
+    at the planned spacing."""
+    target_size = values.get("resolution", {}).get("value", {}).get("target_size")
+    return list(target_size) if target_size else [max(1, round(s)) for s in geometry.median_shape]
+
+
+def _add_data_time(
+    plan: dict[str, Any], budget: Budget, geometry: _Geometry, epochs_overridden: bool
+) -> None:
+    """Add the data pipeline's measured time to a measured CPU plan's step, and fit the epochs to both.
+
+    A CPU training runs its random transforms (crop, affine, mirroring, intensity) in the training
+    process, between its network steps: on the hippocampus they added a fifth to the measured network
+    step (13 ms on 67 ms at one thread). They are timed here as the bundle will run them
+    (:meth:`medseg.plan.cost.StepTimer.transform_seconds` on its rendered ``train#random_transforms``,
+    cached like the steps), on an image of the cached shape, times the images a step draws.
+    """
+    from medseg.render.template import BundleTemplate
+
+    values = plan["values"]
+    template = BundleTemplate(plan)
+    images = math.ceil(int(values["batch_size"]["value"]) / template.slices_per_volume)
+    assert budget.timer is not None
+    per_image = budget.timer.transform_seconds(
+        template.train(), "train#random_transforms", _cached_shape(values, geometry), len(template.channels)
+    )
+    data_s = _r(per_image * images)
+    compute = values["compute"]
+    compute["value"]["seconds_per_step_data"] = data_s
+    compute["rule"] += (
+        "; plus the data pipeline's time per step, which a CPU training spends in its own process: the "
+        f"bundle's random transforms timed on an image of the cached shape (mean of {MEASURED_ITEMS}), times "
+        f"the images a step draws ({images})"
+    )
+    if epochs_overridden:
+        return
+    training = values["training"]
+    precision = training["data"].get("precision") or {}  # the step of the precision it trains in
+    step = precision.get(f"seconds_per_step_{training['value'].get('precision', 'fp32')}")
+    step = float(step or compute["value"]["seconds_per_step"])
+    epochs, _ = budget.epochs({"seconds_per_step": step + data_s}, int(compute["value"]["steps_per_epoch"]))
+    training["value"]["max_epochs"] = epochs
+    training["rule"] = training["rule"].replace(
+        "budget;", "budget (the network's step plus the data pipeline's);", 1
+    )
 
 
 def _memory_line(plan: Plan) -> str:

@@ -111,8 +111,13 @@ def test_plan_measure_times_steps_once_per_machine(msd_copy, tmp_path, capsys, m
     cache = json.loads((tmp_path / "cache" / "step_times.json").read_text())
     compute = json.loads((out / "plans" / "plan.json").read_text())["values"]["compute"]
     # one candidate timed in fp32: the first the FLOP model fits (and, on a CPU with bf16 units, its bf16 step)
-    (timed,) = [entry for entry in cache.values() if "precision" not in entry]
+    (timed,) = [entry for entry in cache.values() if "precision" not in entry and "transforms" not in entry]
     assert timed["seconds"] == pytest.approx(compute["value"]["seconds_per_step_measured"], rel=1e-3)
+    # and its data pipeline: the random transforms' seconds per image, times the images a step draws
+    (data,) = [entry for entry in cache.values() if "transforms" in entry]
+    batch = json.loads((out / "plans" / "plan.json").read_text())["values"]["batch_size"]["value"]
+    assert compute["value"]["seconds_per_step_data"] == pytest.approx(data["seconds"] * batch, rel=1e-2)
+    assert "s of data pipeline per step" in printed
 
     assert main([*args[:-3], "--target", "gpu", "--measure", "--force"]) != 0
     assert "sized by memory" in capsys.readouterr().err

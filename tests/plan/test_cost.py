@@ -75,6 +75,25 @@ def test_times_from_a_busy_machine_are_measured_again_when_it_is_quieter(
     assert again.seconds(SMALL_UNET, [32, 32], 2, predicted=0.01) == 0.3 and again.cached == 1
 
 
+def test_data_pipeline_is_timed_as_the_bundle_runs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped hippocampus bundle's random transforms, timed on an image of its cached shape and
+    cached per transforms: the same transforms again are not timed, other ones are."""
+    monkeypatch.setattr(cost, "load_per_core", lambda: 0.2)
+    plan = json.loads((REPO / "bundles/hippocampus_unet3d/plans/plan.json").read_text())
+    config = BundleTemplate(plan).train()
+    key, shape = "train#random_transforms", [36, 50, 35]
+    timer = StepTimer(cache_file=tmp_path / "step_times.json")
+    seconds = timer.transform_seconds(config, key, shape, 1)
+    assert 0 < seconds < 1 and timer.measured == 1
+    again = StepTimer(cache_file=tmp_path / "step_times.json")
+    assert again.transform_seconds(config, key, shape, 1) == seconds and again.measured == 0
+    config["roi_size"] = [32, 48, 32]  # a transform's referenced entry is part of what was timed
+    assert again.transform_seconds(config, key, shape, 1) > 0 and again.measured == 1
+    assert again.transform_seconds(config, key, [40, 56, 40], 1) > 0 and again.measured == 2
+
+
 @pytest.mark.slow  # times real steps of a 4.7 M-parameter 3-D network
 def test_measured_plan_records_measured_and_predicted(
     fingerprint: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -87,7 +106,8 @@ def test_measured_plan_records_measured_and_predicted(
     plan = make_plan(fingerprint, target="cpu", cpu_cores=2, max_minutes=100_000, timer=timer)
     compute = plan["values"]["compute"]
     measured = compute["value"]["seconds_per_step_measured"]
-    assert timer.measured == 1 + bool(bf16_units()) and compute["value"]["seconds_per_step"] == measured
+    # the candidate's step, its bf16 step on a CPU with bf16 units, and the data pipeline
+    assert timer.measured == 2 + bool(bf16_units()) and compute["value"]["seconds_per_step"] == measured
     assert compute["value"]["seconds_per_step_predicted"] > 0
     assert compute["data"]["measurement"] == {**timer.context(), "load_per_core": 0.2}
     assert "measured on this machine" in compute["rule"]
@@ -95,7 +115,10 @@ def test_measured_plan_records_measured_and_predicted(
     training = plan["values"]["training"]
     if training["value"]["precision"] == "bf16":
         measured = training["data"]["precision"]["seconds_per_step_bf16"]
-    assert training["value"]["max_epochs"] == int(100_000 * 60 * 0.9 / (measured * steps_per_epoch))
+    data = compute["value"]["seconds_per_step_data"]
+    assert 0 < data < measured  # the hippocampus' random transforms cost less than its network step
+    assert training["value"]["max_epochs"] == int(100_000 * 60 * 0.9 / ((measured + data) * steps_per_epoch))
+    assert "data pipeline" in compute["rule"] and "data pipeline" in training["rule"]
     text = explain(plan)
     assert "seconds_per_step_measured" in text and "seconds_per_step_predicted" in text
 

@@ -115,6 +115,7 @@ def test_measured_plan_records_both_times_and_the_precision(
     assert "precision: bf16 autocast with fp32 master weights" in training["rule"]
     step = bf16_seconds if chosen == "bf16" else 0.05
     steps_per_epoch = plan["values"]["compute"]["value"]["steps_per_epoch"]
+    step += plan["values"]["compute"]["value"]["seconds_per_step_data"]  # the network's step plus the data's
     assert training["value"]["max_epochs"] == int(100 * 60 * 0.9 / (step * steps_per_epoch))
     # an unmeasured plan records no precision: training keeps the CPU rule
     assert "precision" not in make_plan(fingerprint, target="cpu", cpu_cores=2)["values"]["training"]["value"]
