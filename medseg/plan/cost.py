@@ -229,8 +229,9 @@ def measure_transforms(
 
 @dataclass
 class StepTimer:
-    """Measured step times of planned candidates, cached per machine, torch version, threads and
-    candidate in a JSON file, so that planning again on the same machine measures nothing.
+    """Measured step times of planned candidates (and of the chosen one's data pipeline,
+    :meth:`transform_seconds`), cached per machine, torch version, threads and candidate in a JSON
+    file, so that planning again on the same machine measures nothing.
 
     It also keeps the ratio of measured to predicted time of its last measurement, with which the
     planner calibrates the FLOP model's prediction of the next candidate before deciding to time it.
