@@ -956,8 +956,8 @@ def _add_data_time(
     """Add the data pipeline's measured time to a measured CPU plan's step, and fit the epochs to both.
 
     A CPU training runs its random transforms (crop, affine, mirroring, intensity) in the training
-    process, between its network steps: on the hippocampus they added a fifth to the measured network
-    step (13 ms on 67 ms at one thread). They are timed here as the bundle will run them
+    process, between its network steps (on the hippocampus at one thread, 7 ms beside a 78 ms network
+    step, where the training's steps took 92 ms). They are timed here as the bundle will run them
     (:meth:`medseg.plan.cost.StepTimer.transform_seconds` on its rendered ``train#random_transforms``,
     cached like the steps), on an image of the cached shape, times the images a step draws.
     """
