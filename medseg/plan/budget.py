@@ -255,14 +255,14 @@ class Budget:
 
     ladder: ClassVar[tuple[Width, ...]]
     """The networks tried, widest first; the last one may shrink its patch."""
-
-    def ladder_for(self, images: bool) -> tuple[Width, ...]:
-        """The ladder searched for a plan: ``images`` for a 2-D network on 2-D images (photographs)."""
-        return self.ladder
     min_coverage: ClassVar[float]
     """The smallest patch, as a share of the median image shape along each axis."""
     channels_last: ClassVar[bool]
     """Whether networks that run faster channels-last on this hardware train so."""
+
+    def ladder_for(self, images: bool) -> tuple[Width, ...]:
+        """The ladder searched for a plan: ``images`` for a 2-D network on 2-D images (photographs)."""
+        return self.ladder
 
     def assess(
         self,

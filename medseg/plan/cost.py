@@ -337,7 +337,9 @@ class StepTimer:
         """Seconds a bundle config's random transforms take per cached image
         (:func:`measure_transforms`), cached like the steps: per machine, torch version, threads, the
         transforms (with the config entries they reference), shape and channels."""
-        transforms = _at(config, key)
+        from monai.bundle import ConfigParser
+
+        transforms = ConfigParser(dict(config)).get(key)
         referenced = sorted(set(re.findall(r"@(\w+)", json.dumps(transforms))))
         candidate = {
             **self.context(),
@@ -447,14 +449,6 @@ class StepTimer:
             "rule": f"{rule}; measured on this CPU ({', '.join(units)}): bf16 {speedup:.2f}x of fp32, so {chosen}",
             **record,
         }
-
-
-def _at(config: Mapping[str, Any], key: str) -> Any:
-    """The entry at a ``#``-separated bundle config key."""
-    entry: Any = config
-    for part in key.split("#"):
-        entry = entry[int(part)] if isinstance(entry, list) else entry[part]
-    return entry
 
 
 def _measured_busier(entry: Mapping[str, Any], load: float) -> bool:

@@ -710,6 +710,13 @@ def _plan_batch_size(found: _Candidate, budget: Budget) -> dict[str, Any]:
     return _value(found.batch, budget.batch_rule(), **budget.batch_cap_data(found.batch_cap))
 
 
+def _trained_cost(cost: Mapping[str, Any], precision: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A candidate's cost at the step it trains with: its bf16 step when the plan chose bf16."""
+    if precision is not None and precision.get("value") == "bf16":
+        return {**cost, "seconds_per_step": precision["seconds_per_step_bf16"]}
+    return dict(cost)
+
+
 def _plan_training(
     found: _Candidate,
     budget: Budget,
@@ -723,10 +730,7 @@ def _plan_training(
     dims = len(geometry.axes)
     channels_last = budget.channels_last and spec.channels_last(dims)
     precision = _training_precision(found, budget, channels_last)
-    cost = found.cost
-    if precision is not None and precision["value"] == "bf16":  # the epochs of the step it trains with
-        cost = {**cost, "seconds_per_step": precision["seconds_per_step_bf16"]}
-    epochs, epochs_rule = budget.epochs(cost, steps_per_epoch)
+    epochs, epochs_rule = budget.epochs(_trained_cost(found.cost, precision), steps_per_epoch)
     precision_value = {"precision": precision["value"]} if precision is not None else {}
     precision_data = {"precision": {k: v for k, v in precision.items() if k != "value"}} if precision else {}
     precision_rule = (
@@ -981,13 +985,18 @@ def _add_data_time(
     if epochs_overridden:
         return
     training = values["training"]
-    precision = training["data"].get("precision") or {}  # the step of the precision it trains in
-    step = precision.get(f"seconds_per_step_{training['value'].get('precision', 'fp32')}")
-    step = float(step or compute["value"]["seconds_per_step"])
-    epochs, _ = budget.epochs({"seconds_per_step": step + data_s}, int(compute["value"]["steps_per_epoch"]))
+    record = training["data"].get("precision")
+    cost = _trained_cost(
+        compute["value"], {**record, "value": training["value"]["precision"]} if record else None
+    )
+    steps_per_epoch = int(compute["value"]["steps_per_epoch"])
+    _, network_only = budget.epochs(cost, steps_per_epoch)
+    epochs, rule = budget.epochs(
+        {**cost, "seconds_per_step": cost["seconds_per_step"] + data_s}, steps_per_epoch
+    )
     training["value"]["max_epochs"] = epochs
     training["rule"] = training["rule"].replace(
-        "budget;", "budget (the network's step plus the data pipeline's);", 1
+        network_only, f"{rule} (at the network's step plus the data pipeline's)", 1
     )
 
 
